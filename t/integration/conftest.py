@@ -1,0 +1,179 @@
+"""Integration harness: real Redis and RabbitMQ, real worker processes started through the CLI.
+
+Fixtures:
+- ``broker`` (parametrised ``redis`` / ``amqp``): configures ``t.integration.tasks.app`` for that
+  broker (results always in Redis) with a queue of its own, and yields the broker name;
+- ``worker``: one worker process per broker for the test module, ready when a ``ping`` round-trips;
+- ``start_worker(*args, env=...)``: a fresh worker process with extra CLI arguments, stopped at
+  the end of the test (``w.stop()`` returns its exit code; ``w.log()`` its output).
+
+Redis DBs 2 and 3 and the RabbitMQ vhost ``taskflow-test`` belong to these tests.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+VHOST = 'taskflow-test'
+REDIS_BROKER_URL = 'redis://127.0.0.1:6379/2'
+REDIS_BACKEND_URL = 'redis://127.0.0.1:6379/3'
+AMQP_URL = f'amqp://guest:guest@127.0.0.1:5672/{VHOST}'
+BROKERS = {'redis': REDIS_BROKER_URL, 'amqp': AMQP_URL}
+TASKFLOW = [sys.executable, '-m', 'taskflow']
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             message: str = 'condition') -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout}s waiting for {message}')
+        time.sleep(interval)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def services() -> Iterator[None]:
+    """Check the services are there and prepare our Redis DBs and RabbitMQ vhost."""
+    for url in (REDIS_BROKER_URL, REDIS_BACKEND_URL):
+        redis.Redis.from_url(url).flushdb()
+    ctl = shutil.which('rabbitmqctl')
+    if ctl is None:
+        pytest.fail('rabbitmqctl not found: RabbitMQ must be installed (.ci/run installs it)')
+    subprocess.run([ctl, 'add_vhost', VHOST], capture_output=True, timeout=60)
+    subprocess.run([ctl, 'set_permissions', '-p', VHOST, 'guest', '.*', '.*', '.*'],
+                   check=True, capture_output=True, timeout=60)
+    yield
+    for url in (REDIS_BROKER_URL, REDIS_BACKEND_URL):
+        redis.Redis.from_url(url).flushdb()
+
+
+def broker_env(broker: str, queue: str) -> dict[str, str]:
+    return {'TF_TEST_BROKER': BROKERS[broker], 'TF_TEST_BACKEND': REDIS_BACKEND_URL, 'TF_TEST_QUEUE': queue}
+
+
+def configure_app(broker: str, queue: str) -> Any:
+    from t.integration import tasks
+    tasks.app.close()
+    tasks.app.conf.update(broker_url=BROKERS[broker], result_backend=REDIS_BACKEND_URL,
+                          task_default_queue=queue)
+    tasks.app.close()  # drop clients made for the previous settings
+    return tasks.app
+
+
+@pytest.fixture(scope='module', params=['redis', 'amqp'])
+def broker_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope='module')
+def queue_name(broker_name: str) -> str:
+    return f'tf-test-{broker_name}-{uuid.uuid4().hex[:8]}'
+
+
+@pytest.fixture
+def broker(broker_name: str, queue_name: str) -> Iterator[str]:
+    configure_app(broker_name, queue_name)
+    yield broker_name
+
+
+class WorkerProcess:
+    """A ``taskflow worker`` subprocess with its output in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], logpath: Path) -> None:
+        self.logpath = logpath
+        self._logfile = open(logpath, 'wb')
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._logfile,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.logpath.read_text(errors='replace')
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        from t.integration import tasks
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f'worker exited with {self.proc.returncode}:\n{self.log()}')
+            try:
+                assert tasks.ping.delay().get(timeout=2) == 'pong'
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f'worker not ready after {timeout}s:\n{self.log()}')
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f'worker did not exit within {timeout}s:\n{self.log()}') from None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Warm shutdown (SIGTERM); kill the process group if it hangs. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._logfile.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(broker: str, queue_name: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a worker for this test's broker with extra CLI arguments."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
+              queue: str | None = None) -> WorkerProcess:
+        full_env = dict(os.environ, **broker_env(broker, queue or queue_name), **(env or {}))
+        full_env['PYTHONPATH'] = str(ROOT) + os.pathsep + full_env.get('PYTHONPATH', '')
+        cmd = [*TASKFLOW, '-A', 't.integration.tasks', 'worker', '-l', 'INFO', '-c', '2',
+               '-n', f'tf-{uuid.uuid4().hex[:6]}@%h', *args]
+        w = WorkerProcess(cmd, full_env, tmp_path / f'worker-{len(started)}.log')
+        started.append(w)
+        if ready:
+            w.wait_ready()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture(scope='module')
+def worker(broker_name: str, queue_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One worker per broker for the whole module (prefork, 2 processes)."""
+    configure_app(broker_name, queue_name)
+    env = dict(os.environ, **broker_env(broker_name, queue_name))
+    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    cmd = [*TASKFLOW, '-A', 't.integration.tasks', 'worker', '-l', 'INFO', '-c', '2',
+           '-n', f'tf-module-{uuid.uuid4().hex[:6]}@%h']
+    w = WorkerProcess(cmd, env, tmp_path_factory.mktemp('worker') / 'worker.log')
+    w.wait_ready()
+    yield w
+    assert w.stop() == 0, w.log()

@@ -1,0 +1,111 @@
+"""The app and tasks the integration tests run in real worker processes.
+
+The worker is started as ``taskflow -A t.integration.tasks worker``; the broker, backend and
+queue come from the environment (``TF_TEST_BROKER``, ``TF_TEST_BACKEND``, ``TF_TEST_QUEUE``),
+which the test process sets the same way (see conftest.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from taskflow import Taskflow
+from taskflow.exceptions import Reject
+
+app = Taskflow(
+    't.integration.tasks',
+    broker=os.environ.get('TF_TEST_BROKER', 'redis://127.0.0.1:6379/2'),
+    backend=os.environ.get('TF_TEST_BACKEND', 'redis://127.0.0.1:6379/3'),
+    task_default_queue=os.environ.get('TF_TEST_QUEUE', 'tf-test'),
+    result_extended=True,
+)
+
+
+@app.task
+def ping() -> str:
+    return 'pong'
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task
+def xsum(numbers: list[int]) -> int:
+    return sum(numbers)
+
+
+@app.task
+def echo(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+@app.task
+def fail(message: str = 'expected failure') -> None:
+    raise ValueError(message)
+
+
+@app.task
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(bind=True)
+def request_info(self) -> dict:
+    r = self.request
+    return {'id': r.id, 'retries': r.retries, 'hostname': r.hostname, 'root_id': r.root_id,
+            'parent_id': r.parent_id, 'delivery_info': r.delivery_info, 'eta': r.eta,
+            'args': r.args, 'kwargs': r.kwargs, 'group': r.group, 'name': self.name}
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0.1)
+def retry_until(self, succeed_on: int) -> int:
+    if self.request.retries < succeed_on:
+        raise self.retry(exc=KeyError(f'attempt {self.request.retries}'))
+    return self.request.retries
+
+
+@app.task(bind=True, autoretry_for=(KeyError,), retry_kwargs={'max_retries': 2, 'countdown': 0.1})
+def autoretry_fail(self) -> None:
+    raise KeyError(f'attempt {self.request.retries}')
+
+
+@app.task(bind=True)
+def reject_me(self, requeue: bool = False) -> None:
+    raise Reject('no thanks', requeue=requeue)
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def die_once(self, marker_path: str) -> str:
+    """Kill the process running it the first time (marker file absent), succeed the next."""
+    if not os.path.exists(marker_path):
+        open(marker_path, 'w').close()
+        os.kill(os.getpid(), 9)
+    return 'survived'
+
+
+@app.task
+def kill_self() -> None:
+    os.kill(os.getpid(), 9)
+
+
+@app.task
+def record(path: str, value: str) -> str:
+    """Append ``value`` to ``path`` (for callbacks whose effect a test reads)."""
+    with open(path, 'a') as fh:
+        fh.write(value + '\n')
+    return value
+
+
+@app.task
+def on_error_record(request, exc, traceback, path: str = '') -> None:  # noqa: ARG001
+    """A new-style errback: called in the worker with the failed request and exception."""
+    with open(path or '/dev/null', 'a') as fh:
+        fh.write(f'{request.id} {type(exc).__name__}\n')

@@ -1,0 +1,282 @@
+"""kombu glue: connections from the configuration, queues and routes, the pooled producer
+that publishes task messages, and the worker's task consumer.
+
+kombu does the work (connections, retries, serialisation, declaration caching); this module
+only decides *where* a message goes, following Celery's rules: a task with no route goes to
+``task_default_queue``; a direct exchange without an explicit exchange or routing key is
+published through the default exchange ``''`` with the queue name as routing key.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import weakref
+from typing import Any, Callable, Iterable, Mapping
+
+from kombu import Connection, Consumer, Exchange, Queue
+
+from . import signals
+from .config import _import_object
+from .exceptions import QueueNotFound
+
+__all__ = ['Broker', 'Queues', 'Router', 'connection_for']
+
+_DELIVERY_MODES = {'persistent': 2, 'transient': 1}
+
+
+def connection_for(conf: Any, url: str | None = None, **overrides: Any) -> Connection:
+    """A kombu ``Connection`` for ``url`` (``broker_url`` by default) with the broker settings."""
+    options: dict[str, Any] = {
+        'transport_options': dict(conf.broker_transport_options or {}),
+        'connect_timeout': conf.broker_connection_timeout,
+        'heartbeat': conf.broker_heartbeat,
+        'login_method': conf.broker_login_method,
+        'failover_strategy': conf.broker_failover_strategy,
+        'ssl': conf.broker_use_ssl,
+    }
+    if conf.broker_transport:
+        options['transport'] = conf.broker_transport
+    options.update(overrides)
+    return Connection(url or conf.broker_url or 'memory://', **options)
+
+
+class Queues(dict):
+    """Queue name -> kombu ``Queue``: ``task_queues`` or the default queue, plus queues
+    created on demand when ``task_create_missing_queues`` is on."""
+
+    def __init__(self, conf: Any) -> None:
+        super().__init__()
+        self.conf = conf
+        self.max_priority = conf.task_queue_max_priority
+        self.default_name = conf.task_default_queue
+        configured = conf.task_queues
+        if isinstance(configured, Mapping):
+            configured = [Queue(name, **opts) for name, opts in configured.items()]
+        if configured:
+            for queue in configured:
+                self.add(queue)
+        else:
+            exchange = Exchange(conf.task_default_exchange or self.default_name,
+                                type=conf.task_default_exchange_type)
+            self.add(Queue(self.default_name, exchange,
+                           routing_key=conf.task_default_routing_key or self.default_name,
+                           queue_arguments=self._arguments(conf.task_default_queue_type)))
+
+    def _arguments(self, queue_type: str | None) -> dict[str, Any] | None:
+        args: dict[str, Any] = {}
+        if queue_type == 'quorum':
+            args['x-queue-type'] = 'quorum'
+        if self.max_priority is not None:
+            args['x-max-priority'] = self.max_priority
+        return args or None
+
+    def add(self, queue: Queue) -> Queue:
+        if self.max_priority is not None and not (queue.queue_arguments or {}).get('x-max-priority'):
+            queue.queue_arguments = dict(queue.queue_arguments or {}, **{'x-max-priority': self.max_priority})
+        self[queue.name] = queue
+        return queue
+
+    def __missing__(self, name: str) -> Queue:
+        if not self.conf.task_create_missing_queues:
+            raise QueueNotFound(f'Queue {name!r} missing from task_queues')
+        exchange_type = self.conf.task_create_missing_queue_exchange_type or self.conf.task_default_exchange_type
+        return self.add(Queue(name, Exchange(name, type=exchange_type), routing_key=name,
+                              queue_arguments=self._arguments(self.conf.task_create_missing_queue_type)))
+
+    def select(self, names: Iterable[str]) -> list[Queue]:
+        """The queues a worker started with ``-Q names`` consumes (created when missing)."""
+        return [self[name] for name in names]
+
+    @property
+    def default(self) -> Queue:
+        return self[self.default_name]
+
+
+def _compile_routes(routes: Any) -> list[Callable[..., Any]]:
+    """``task_routes`` in any of Celery's forms -> a list of router functions."""
+    if routes is None:
+        return []
+    if isinstance(routes, (Mapping, str)) or callable(routes):
+        routes = [routes]
+    routers: list[Callable[..., Any]] = []
+    for route in routes:
+        if isinstance(route, str):
+            route = _import_object(route)
+        if isinstance(route, Mapping):
+            routers.append(_map_router(route))
+        elif callable(route):
+            routers.append(route)
+        else:
+            raise TypeError(f'task_routes entry must be a dict, a callable or an import path, not {route!r}')
+    return routers
+
+
+def _map_router(table: Mapping[Any, Any]) -> Callable[..., Any]:
+    exact: dict[str, Any] = {}
+    patterns: list[tuple[re.Pattern[str], Any]] = []
+    for key, route in table.items():
+        if isinstance(key, re.Pattern):
+            patterns.append((key, route))
+        elif any(ch in key for ch in '*?['):
+            patterns.append((re.compile(fnmatch.translate(key)), route))
+        else:
+            exact[key] = route
+
+    def route_by_name(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in exact:
+            return exact[name]
+        for pattern, route in patterns:
+            if pattern.match(name):
+                return route
+        return None
+    return route_by_name
+
+
+class Router:
+    """Resolves where a task message goes: explicit options, then ``task_routes``, then the
+    default queue."""
+
+    def __init__(self, conf: Any, queues: Queues) -> None:
+        self.queues = queues
+        self.routers = _compile_routes(conf.task_routes)
+
+    def route(self, options: dict[str, Any], name: str, args: Any = (), kwargs: Any = None,
+              task: Any = None) -> dict[str, Any]:
+        if not options.get('queue') and not options.get('exchange'):
+            for router in self.routers:
+                found = router(name, args, kwargs or {}, options, task=task)
+                if found:
+                    if isinstance(found, str):
+                        found = {'queue': found}
+                    options = dict(found, **{k: v for k, v in options.items() if v is not None})
+                    break
+        queue = options.get('queue')
+        if isinstance(queue, str):
+            options['queue'] = self.queues[queue]
+        elif queue is None and not options.get('exchange'):
+            options['queue'] = self.queues.default
+        return options
+
+
+class Broker:
+    """The app's broker side: queues, router, connection pool and producer pool."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.conf = app.conf
+        self._queues: Queues | None = None
+        self._router: Router | None = None
+        self._pool: Any = None
+        self._producer_pool: Any = None
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (b := me()) is not None and b._forget_connections())
+
+    def _forget_connections(self) -> None:
+        # In a forked child the parent's sockets must not be used or closed (closing an AMQP
+        # connection would send Connection.Close for the parent): drop them.
+        self._pool = None
+        self._producer_pool = None
+
+    @property
+    def queues(self) -> Queues:
+        if self._queues is None:
+            self._queues = Queues(self.conf)
+        return self._queues
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            self._router = Router(self.conf, self.queues)
+        return self._router
+
+    def connection(self, url: str | None = None, **overrides: Any) -> Connection:
+        return connection_for(self.conf, url, **overrides)
+
+    def connection_for_write(self) -> Connection:
+        return self.connection(self.conf.broker_write_url)
+
+    def connection_for_read(self) -> Connection:
+        return self.connection(self.conf.broker_read_url)
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            self._pool = self.connection_for_write().Pool(self.conf.broker_pool_limit)
+        return self._pool
+
+    @property
+    def producer_pool(self) -> Any:
+        if self._producer_pool is None:
+            from kombu.pools import ProducerPool  # noqa: PLC0415
+            self._producer_pool = ProducerPool(self.pool, limit=self.pool.limit)
+        return self._producer_pool
+
+    def publish_task(self, name: str, headers: dict[str, Any], properties: dict[str, Any], body: Any, *,
+                     queue: Queue | None = None, exchange: str | Exchange | None = None,
+                     routing_key: str | None = None, priority: int | None = None,
+                     serializer: str | None = None, compression: str | None = None,
+                     delivery_mode: Any = None, expiration: float | None = None,
+                     retry: bool | None = None, retry_policy: dict[str, Any] | None = None,
+                     producer: Any = None, declare: list[Any] | None = None, **extra: Any) -> None:
+        """Publish one task message (Celery's exchange and routing-key rules), retrying per policy."""
+        conf = self.conf
+        exchange_name = exchange.name if isinstance(exchange, Exchange) else exchange
+        if queue is not None:
+            if declare is None:
+                declare = [queue]
+            if not exchange_name and not routing_key and queue.exchange.type == 'direct':
+                exchange_name, routing_key = '', queue.name  # the default exchange, as Celery does
+            else:
+                exchange_name = queue.exchange.name if exchange_name is None else exchange_name
+                routing_key = queue.routing_key if routing_key is None else routing_key
+        if delivery_mode is None:
+            delivery_mode = getattr(queue.exchange, 'delivery_mode', None) if queue is not None else None
+            delivery_mode = delivery_mode or conf.task_default_delivery_mode
+        delivery_mode = _DELIVERY_MODES.get(delivery_mode, delivery_mode)
+        if retry is None:
+            retry = conf.task_publish_retry
+        if retry_policy is None:
+            retry_policy = conf.task_publish_retry_policy
+        if signals.before_task_publish.receivers:
+            signals.before_task_publish.send(
+                sender=name, body=body, exchange=exchange_name, routing_key=routing_key,
+                headers=headers, properties=properties, declare=declare, retry_policy=retry_policy)
+        publish_args = dict(
+            exchange=exchange_name or '', routing_key=routing_key, serializer=serializer or conf.task_serializer,
+            compression=compression or conf.task_compression, headers=headers, priority=priority,
+            delivery_mode=delivery_mode, retry=retry, retry_policy=retry_policy, declare=declare,
+            expiration=expiration, **properties)
+        if producer is not None:
+            producer.publish(body, **publish_args)
+        else:
+            with self.producer_pool.acquire(block=True) as pooled:
+                pooled.publish(body, **publish_args)
+        if signals.after_task_publish.receivers:
+            signals.after_task_publish.send(sender=name, body=body, headers=headers,
+                                            exchange=exchange_name, routing_key=routing_key)
+
+    def task_consumer(self, channel: Any, queues: list[Queue], on_message: Callable[[Any], Any],
+                      prefetch_count: int | None = None) -> Consumer:
+        """The worker's consumer: raw messages to ``on_message``; decoding is the worker's job
+        so that a bad message can be refused with a clear log line."""
+        consumer = Consumer(channel, queues=queues, on_message=on_message, no_ack=False,
+                            accept=self.conf.accept_content)
+        if prefetch_count is not None:
+            consumer.qos(prefetch_count=prefetch_count)
+        return consumer
+
+    def purge(self, queue_names: Iterable[str] | None = None) -> int:
+        """Delete every waiting message in the given queues (default: the configured ones)."""
+        names = list(queue_names) if queue_names else list(self.queues)
+        count = 0
+        with self.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in names:
+                queue = self.queues[name](channel)
+                try:
+                    queue.declare()
+                    count += queue.purge() or 0
+                except conn.channel_errors:
+                    channel = conn.channel()
+        return count

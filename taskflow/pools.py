@@ -1,0 +1,145 @@
+"""Execution pools behind one small interface: ``SoloPool`` (in the consumer thread),
+``ThreadPool`` and ``PreforkPool`` (billiard processes, the default).
+
+``apply_async(fields, on_done, time_limit, soft_time_limit)`` runs
+``tracer.trace_from_message(fields)`` and later calls ``on_done(outcome_or_exception)`` from
+whatever thread the pool uses; the worker only queues it there.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from . import signals
+from .tracer import trace_from_message
+
+__all__ = ['Pool', 'SoloPool', 'ThreadPool', 'PreforkPool', 'POOLS']
+
+logger = logging.getLogger(__name__)
+
+OnDone = Callable[[Any], None]
+
+
+class Pool:
+    """What the worker needs from a pool."""
+
+    limit: int = 1
+    #: True when the pool enforces time limits itself.
+    supports_time_limits = False
+
+    def start(self) -> None:
+        """Start the pool's threads or processes."""
+
+    def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
+                    soft_time_limit: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Finish the running tasks, then stop."""
+
+    def terminate(self) -> None:
+        """Stop now, killing what runs."""
+
+    def processes(self) -> list[int]:
+        return [os.getpid()]
+
+
+class SoloPool(Pool):
+    """Runs each task inline, in the consumer thread: one at a time, no isolation."""
+
+    def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
+                    soft_time_limit: float | None = None) -> None:
+        try:
+            outcome: Any = trace_from_message(fields)
+        except BaseException as exc:  # noqa: BLE001 - the worker must see every ending
+            outcome = exc
+        on_done(outcome)
+
+
+class ThreadPool(Pool):
+    """Tasks in threads of this process (for I/O-bound work; time limits are not enforced)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix='ThreadPoolWorker')
+
+    def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
+                    soft_time_limit: float | None = None) -> Any:
+        assert self._executor is not None
+        future = self._executor.submit(trace_from_message, fields)
+        future.add_done_callback(lambda f: on_done(f.exception() or f.result()))
+        return future
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def terminate(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _process_init(app: Any, hostname: str) -> None:
+    """Runs first in every child process."""
+    # Ctrl-C in a terminal reaches the whole process group; only the worker decides what a
+    # shutdown means, so children ignore SIGINT and keep SIGTERM's default.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from . import _state  # noqa: PLC0415
+    _state.set_current_app(app)
+    signals.worker_process_init.send(sender=None)
+
+
+class PreforkPool(Pool):
+    """Child processes from billiard: isolation, time limits, recycling."""
+
+    supports_time_limits = True
+
+    def __init__(self, limit: int, app: Any, hostname: str, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None, time_limit: float | None = None,
+                 soft_time_limit: float | None = None) -> None:
+        self.limit = limit
+        self.app = app
+        self.hostname = hostname
+        self.options = dict(maxtasksperchild=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
+                            timeout=time_limit, soft_timeout=soft_time_limit)
+        self._pool: Any = None
+
+    def start(self) -> None:
+        from billiard.pool import Pool as BilliardPool  # noqa: PLC0415
+        self._pool = BilliardPool(processes=self.limit, initializer=_process_init,
+                                  initargs=(self.app, self.hostname), threads=True,
+                                  **{k: v for k, v in self.options.items() if v})
+
+    def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
+                    soft_time_limit: float | None = None) -> Any:
+        # The process boundary: `fields` is pickled to a child, which runs the task there;
+        # billiard's result thread calls `on_done` with the outcome, or with the error that
+        # ended the child (TimeLimitExceeded, WorkerLostError, Terminated).
+        return self._pool.apply_async(
+            trace_from_message, (fields,), callback=on_done,
+            error_callback=lambda einfo: on_done(getattr(einfo, 'exception', einfo)),
+            timeout=time_limit, soft_timeout=soft_time_limit)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+    def terminate(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+    def processes(self) -> list[int]:
+        return [p.pid for p in getattr(self._pool, '_pool', [])]
+
+
+POOLS = {'prefork': PreforkPool, 'processes': PreforkPool, 'threads': ThreadPool, 'solo': SoloPool}
