@@ -7,7 +7,8 @@ Fixtures:
 - ``start_worker(*args, env=...)``: a fresh worker process with extra CLI arguments, stopped at
   the end of the test (``w.stop()`` returns its exit code; ``w.log()`` its output).
 
-Redis DBs 2 and 3 and the RabbitMQ vhost ``taskflow-test`` belong to these tests.
+Redis DBs 2 and 3 and the RabbitMQ vhost ``taskflow-test`` belong to these tests; set
+``TF_TEST_REDIS_DBS=4,5`` and ``TF_TEST_VHOST=other`` to run a second suite side by side.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-VHOST = 'taskflow-test'
-REDIS_BROKER_URL = 'redis://127.0.0.1:6379/2'
-REDIS_BACKEND_URL = 'redis://127.0.0.1:6379/3'
+VHOST = os.environ.get('TF_TEST_VHOST', 'taskflow-test')
+_DB_BROKER, _DB_BACKEND = os.environ.get('TF_TEST_REDIS_DBS', '2,3').split(',')
+REDIS_BROKER_URL = f'redis://127.0.0.1:6379/{_DB_BROKER}'
+REDIS_BACKEND_URL = f'redis://127.0.0.1:6379/{_DB_BACKEND}'
 AMQP_URL = f'amqp://guest:guest@127.0.0.1:5672/{VHOST}'
 BROKERS = {'redis': REDIS_BROKER_URL, 'amqp': AMQP_URL}
 TASKFLOW = [sys.executable, '-m', 'taskflow']
