@@ -135,8 +135,23 @@ class Taskflow:
         if existing is not None and getattr(existing, '__wrapped__', None) is fun:
             return existing
         task = make_task_class(self, fun, base or self.Task, name, bind, options)
+        self._annotate(task)
         self.tasks[name] = task
         return task
+
+    def _annotate(self, task: Task) -> None:
+        """Apply ``task_annotations``: ``{name or '*': {attribute: value}}``, or callables
+        ``(task) -> {attribute: value} | None``, in order."""
+        annotations = self.conf.task_annotations
+        if not annotations:
+            return
+        for entry in annotations if isinstance(annotations, (list, tuple)) else [annotations]:
+            if callable(entry):
+                found = entry(task)
+            else:
+                found = entry.get(task.name) or entry.get('*')
+            for attr, value in (found or {}).items():
+                setattr(task, attr, value)
 
     def gen_task_name(self, name: str, module: str) -> str:
         """``module.name``; a task defined in ``__main__`` takes the app's ``main`` as module."""
@@ -218,6 +233,8 @@ class Taskflow:
         if headers:
             msg_headers.update(headers)
         options.pop('task_id', None)
+        if producer is None and connection is not None:
+            producer = connection.Producer()
         self.broker.publish_task(name, msg_headers, properties, body, producer=producer, **options)
         result = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
         if add_to_parent and parent is not None and parent.request.id:

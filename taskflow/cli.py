@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .app import Taskflow
-from .exceptions import AppLoadError
+from .exceptions import AppLoadError, ImproperlyConfigured
 
 __all__ = ['main', 'cli', 'load_app']
 
@@ -174,6 +174,8 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
     release = _take_pidfile(pidfile) if pidfile else None
     try:
         code = instance.start()
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         if release:
             release()

@@ -105,14 +105,18 @@ class Task:
         raise NotImplementedError('Tasks must define the run method.')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the body here and now, as a plain function call (``request.called_directly``)."""
+        """Run the body here and now, as a plain function call.
+
+        Outside a worker ``self.request`` is then a ``called_directly`` one; when the tracer
+        calls a subclass's own ``__call__`` the worker's request stays in place.
+        """
         token_task = _state.current_task_var.set(self)
-        token_request = self._request_var.set(None)
         try:
             return self.run(*args, **kwargs)
         finally:
-            self._request_var.reset(token_request)
             _state.current_task_var.reset(token_task)
+
+    __call__.plain_call = True  # type: ignore[attr-defined]  # the tracer calls run() directly
 
     @property
     def request(self) -> Context:
@@ -135,6 +139,10 @@ class Task:
 
         Runs it here instead (returning an ``EagerResult``) when ``task_always_eager`` is set.
         """
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise TypeError(f'{self.name}: args must be a list or tuple, not {type(args).__name__}')
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f'{self.name}: kwargs must be a dict, not {type(kwargs).__name__}')
         args = tuple(args) if args is not None else ()
         kwargs = dict(kwargs) if kwargs is not None else {}
         if self.typing:

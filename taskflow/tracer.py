@@ -123,7 +123,9 @@ def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
             if task.track_started and store and not ignore_result:
                 backend.mark_as_started(task_id, pid=os.getpid(), hostname=request.hostname)
             try:
-                retval = task.run(*args, **kwargs)
+                # A task class may wrap its body in its own __call__ (set up a DB session, ...).
+                body = task.run if getattr(type(task).__call__, 'plain_call', False) else task
+                retval = body(*args, **kwargs)
             except (Retry, Ignore, Reject):
                 raise
             except Exception as exc:

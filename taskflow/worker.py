@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.common import QoS
 
 from . import signals, states
-from .exceptions import (InvalidTaskError, NotRegistered, Terminated, TimeLimitExceeded,
-                         WorkerLostError)
+from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
 from .pools import POOLS, Pool, PreforkPool, ThreadPool, SoloPool
 from .protocol import Context, default_nodename, from_iso, request_from_message
 from .tracer import Outcome, _run_errbacks
@@ -45,6 +44,10 @@ __all__ = ['Worker']
 logger = logging.getLogger('taskflow.worker')
 
 RUNNING, WARM, COLD = 'running', 'warm', 'cold'
+
+
+class _GiveUp(Exception):
+    """The broker stayed unreachable for all the configured retries."""
 
 
 class Request:
@@ -173,7 +176,10 @@ class Worker:
     # --- running -----------------------------------------------------------------------------
     def start(self) -> int:
         """Run until shut down; returns the process exit code."""
+        from . import _state  # noqa: PLC0415
+        _state.set_current_app(self.app)  # the pools find tasks through the current app
         self.app.import_modules()
+        self._check_broker_url()
         signals.worker_init.send(sender=self)
         if self.install_signal_handlers:
             self._install_signal_handlers()
@@ -186,6 +192,14 @@ class Worker:
             self._shutdown()
         return self.exitcode
 
+    def _check_broker_url(self) -> None:
+        """Refuse an unusable broker URL before anything starts (one clear error, not a traceback)."""
+        try:
+            self.app.connection_for_read().transport  # noqa: B018 - resolves the transport class
+        except (KeyError, ImportError, ValueError) as exc:
+            reason = exc.args[0] if exc.args else exc
+            raise ImproperlyConfigured(f'Cannot use broker_url {self.app.conf.broker_url!r}: {reason}') from None
+
     def _run(self) -> None:
         first = True
         while True:
@@ -195,6 +209,11 @@ class Worker:
                 first = False
                 self._consume(connection)
                 self._wind_down(connection)
+                return
+            except _GiveUp as exc:
+                logger.critical('consumer: %s; giving up.', exc)
+                self.exitcode = 1
+                self.mode = COLD
                 return
             except tuple(connection.connection_errors) + tuple(connection.channel_errors) + (OSError,) as exc:
                 if self.mode != RUNNING:
@@ -219,10 +238,16 @@ class Worker:
             if self.mode != RUNNING:
                 raise exc
 
-        if retry:
-            connection.ensure_connection(errback=on_error, max_retries=conf.broker_connection_max_retries or None)
-        else:
-            connection.connect()
+        try:
+            if retry:
+                connection.ensure_connection(errback=on_error,
+                                             max_retries=conf.broker_connection_max_retries or None)
+            else:
+                connection.connect()
+        except Exception as exc:
+            if self.mode != RUNNING:
+                raise
+            raise _GiveUp(f'Cannot connect to {connection.as_uri()}: {exc}') from exc
         channel = connection.channel()
         queues = self._queues()
         for q in queues:
@@ -258,8 +283,10 @@ class Worker:
         wait = 1.0
         if self._eta:
             wait = min(wait, max(0.0, self._eta[0][0] - time.time()))
-        if any(r.acks_late for r in self._active):
-            wait = min(wait, 0.05)  # late acks must not wait behind a long broker poll
+        if self._active:
+            # Completions (late acks, freed slots) must not wait behind a long broker poll;
+            # a short timeout is cheap: kombu keeps the pending BRPOP / socket read across calls.
+            wait = min(wait, 0.05)
         return wait
 
     def _wait_completion(self, timeout: float) -> None:
@@ -291,7 +318,7 @@ class Worker:
             signals.task_unknown.send(sender=self, message=message, exc=exc, name=exc.args[0], id=task_id)
             message.reject(requeue=False)
             return
-        except (InvalidTaskError, Exception) as exc:
+        except Exception as exc:  # InvalidTaskError, ContentDisallowed, DecodeError, ...
             logger.error('Refused message %s from queue %r: %s: %s', task_id,
                          (message.delivery_info or {}).get('routing_key'), type(exc).__name__, exc)
             message.reject(requeue=False)
