@@ -20,7 +20,7 @@ from .config import Settings
 from .exceptions import ImproperlyConfigured, NotRegistered
 from .protocol import task_message, from_iso, utcnow
 from .result import AsyncResult, GroupResult
-from .task import Task, make_task_class
+from .task import Task as BaseTask, make_task_class
 
 __all__ = ['Taskflow', 'TaskRegistry']
 
@@ -30,21 +30,21 @@ logger = logging.getLogger(__name__)
 class TaskRegistry(dict):
     """Task name -> ``Task``; a missing name raises ``NotRegistered``."""
 
-    def __missing__(self, name: str) -> Task:
+    def __missing__(self, name: str) -> BaseTask:
         raise NotRegistered(name)
 
-    def register(self, task: Task | type[Task]) -> Task:
+    def register(self, task: BaseTask | type[BaseTask]) -> BaseTask:
         instance = task() if isinstance(task, type) else task
         self[instance.name] = instance
         return instance
 
-    def unregister(self, name: str | Task) -> None:
+    def unregister(self, name: str | BaseTask) -> None:
         try:
             del self[name if isinstance(name, str) else name.name]
         except KeyError:
             raise NotRegistered(name) from None
 
-    def regular(self) -> dict[str, Task]:
+    def regular(self) -> dict[str, BaseTask]:
         return dict(self)
 
 
@@ -52,11 +52,11 @@ class Taskflow:
     """A taskflow application: one configuration, one set of tasks."""
 
     #: Base class of tasks made by ``@app.task`` (``base=`` overrides it per task).
-    Task: type[Task] = Task
+    Task: type[BaseTask] = BaseTask
 
     def __init__(self, main: str | None = None, broker: str | None = None, backend: str | None = None,
                  include: Iterable[str] | None = None, config_source: Any = None,
-                 set_as_current: bool = True, task_cls: type[Task] | str | None = None,
+                 set_as_current: bool = True, task_cls: type[BaseTask] | str | None = None,
                  namespace: str | None = None, **settings: Any) -> None:
         self.main = main
         self.namespace = namespace
@@ -124,12 +124,12 @@ class Taskflow:
         if args:
             raise TypeError('@app.task takes keyword arguments only, as in @app.task(bind=True)')
 
-        def decorate(fun: Callable[..., Any]) -> Task:
+        def decorate(fun: Callable[..., Any]) -> BaseTask:
             return self._task_from_fun(fun, **options)
         return decorate
 
-    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None, base: type[Task] | None = None,
-                       bind: bool = False, **options: Any) -> Task:
+    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None, base: type[BaseTask] | None = None,
+                       bind: bool = False, **options: Any) -> BaseTask:
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
         existing = self.tasks.get(name)
         if existing is not None and getattr(existing, '__wrapped__', None) is fun:
@@ -139,7 +139,7 @@ class Taskflow:
         self.tasks[name] = task
         return task
 
-    def _annotate(self, task: Task) -> None:
+    def _annotate(self, task: BaseTask) -> None:
         """Apply ``task_annotations``: ``{name or '*': {attribute: value}}``, or callables
         ``(task) -> {attribute: value} | None``, in order."""
         annotations = self.conf.task_annotations
@@ -159,7 +159,7 @@ class Taskflow:
             module = self.main
         return f'{module}.{name}'
 
-    def register_task(self, task: Task | type[Task]) -> Task:
+    def register_task(self, task: BaseTask | type[BaseTask]) -> BaseTask:
         """Register a class-based task (an instance or the class)."""
         instance = task() if isinstance(task, type) else task
         if instance.app is None:
@@ -197,7 +197,7 @@ class Taskflow:
 
     # --- sending ------------------------------------------------------------------------------
     def send_task(self, name: str, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                  countdown: float | None = None, eta: datetime | None = None, task_id: str | None = None,
+                  countdown: float | None = None, eta: datetime | str | None = None, task_id: str | None = None,
                   producer: Any = None, connection: Any = None, router: Any = None,
                   result_cls: Any = None, expires: Any = None, link: Any = None, link_error: Any = None,
                   add_to_parent: bool = True, group_id: str | None = None, group_index: int | None = None,

@@ -72,8 +72,9 @@ class Queues(dict):
         return args or None
 
     def add(self, queue: Queue) -> Queue:
-        if self.max_priority is not None and not (queue.queue_arguments or {}).get('x-max-priority'):
-            queue.queue_arguments = dict(queue.queue_arguments or {}, **{'x-max-priority': self.max_priority})
+        arguments = getattr(queue, 'queue_arguments', None) or {}
+        if self.max_priority is not None and not arguments.get('x-max-priority'):
+            queue.queue_arguments = dict(arguments, **{'x-max-priority': self.max_priority})  # type: ignore[attr-defined]
         self[queue.name] = queue
         return queue
 
@@ -170,7 +171,11 @@ class Broker:
         self._pool: Any = None
         self._producer_pool: Any = None
         me = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (b := me()) is not None and b._forget_connections())
+        def after_fork_in_child() -> None:
+            broker = me()
+            if broker is not None:
+                broker._forget_connections()
+        os.register_at_fork(after_in_child=after_fork_in_child)
 
     def _forget_connections(self) -> None:
         # In a forked child the parent's sockets must not be used or closed (closing an AMQP

@@ -104,7 +104,8 @@ class Signature(dict):
         return self.type(*args, **kwargs)
 
     # --- building --------------------------------------------------------------------------
-    def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> 'Signature':
+    def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              **opts: Any) -> 'Signature':
         """A deep copy, with arguments merged as a call would merge them."""
         merged_args, merged_kwargs, merged_opts = self._merge(args, kwargs, opts)
         sig = type(self)(dict(self, args=merged_args, kwargs=merged_kwargs,

@@ -132,7 +132,8 @@ def _load_json(value: str | None, what: str, kind: type) -> Any:
 @cli.command()
 @app_option
 @click.option('-c', '--concurrency', type=int, help='Pool size (default: number of CPUs).')
-@click.option('-P', '--pool', type=click.Choice(['prefork', 'threads', 'solo', 'processes']), help='Pool implementation.')
+@click.option('-P', '--pool', type=click.Choice(['prefork', 'threads', 'solo', 'processes']),
+              help='Pool implementation.')
 @click.option('-Q', '--queues', help='Comma-separated queues to consume (default: all configured).')
 @click.option('-X', '--exclude-queues', help='Comma-separated queues not to consume.')
 @click.option('-n', '--hostname', help='Node name (%h: host name), default celery@%h.')
@@ -192,7 +193,11 @@ def _take_pidfile(path: str) -> Callable[[], None]:
             raise click.ClickException(f'pidfile {path} is held by running process {pid}')
     with open(path, 'w') as fh:
         fh.write(f'{os.getpid()}\n')
-    return lambda: os.path.exists(path) and os.unlink(path)  # type: ignore[func-returns-value]
+
+    def release() -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+    return release
 
 
 def _alive(pid: int) -> bool:
@@ -229,7 +234,7 @@ def call(obj: _Context, app_path: str | None, name: str, args: str | None, kwarg
             expires_value = float(expires)
         except ValueError:
             pass
-    options = {k: v for k, v in dict(queue=queue, exchange=exchange, routing_key=routing_key,
+    options: dict[str, Any] = {k: v for k, v in dict(queue=queue, exchange=exchange, routing_key=routing_key,
                                      serializer=serializer).items() if v is not None}
     try:
         result = app.send_task(name, _load_json(args, '--args', list), _load_json(kwargs, '--kwargs', dict),

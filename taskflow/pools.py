@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 

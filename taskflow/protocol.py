@@ -144,7 +144,7 @@ def task_message(
         raise TypeError(f'task args must be a list or tuple, not {type(args).__name__}')
     if not isinstance(kwargs, Mapping):
         raise TypeError(f'task kwargs must be a mapping, not {type(kwargs).__name__}')
-    current = now() if (countdown is not None or expires is not None) else None
+    current = now()
     headers = {
         'lang': 'py',
         'task': name,
@@ -196,7 +196,7 @@ def request_from_message(headers: Mapping[str, Any], properties: Mapping[str, An
         timelimit = body.get('timelimit') or (None, None)
         fields = {'task': body['task'], 'id': body['id'], 'eta': body.get('eta'),
                   'expires': body.get('expires'), 'retries': body.get('retries', 0),
-                  'group': body.get('taskset'), 'timelimit': [timelimit[1], timelimit[0]] if timelimit else [None, None]}
+                  'group': body.get('taskset'), 'timelimit': list(timelimit)}
     else:
         raise InvalidTaskError('message has no task name (no "task" header and not a protocol v1 body)')
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping):

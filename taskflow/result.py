@@ -215,17 +215,17 @@ class EagerResult(AsyncResult):
         self._cache = {'status': state, 'result': ret_value, 'traceback': traceback,
                        'task_id': id, 'children': [], 'date_done': None, 'name': name}
 
-    def get(self, timeout: float | None = None, propagate: bool = True,
+    def get(self, timeout: float | None = None, propagate: bool = True,  # type: ignore[override]
             disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
         if disable_sync_subtasks:
             assert_will_not_block()
         if self._state == states.SUCCESS:
             return self._result
         if self._state in states.PROPAGATE_STATES and propagate:
-            raise self._exception(self._cache)
+            raise self._exception(self._get_task_meta())
         return self._result
 
-    wait = get
+    wait = get  # type: ignore[assignment]
 
     def _get_task_meta(self) -> dict[str, Any]:
         return self._cache  # type: ignore[return-value]

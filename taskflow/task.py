@@ -93,6 +93,7 @@ class Task:
     abstract = True
 
     _request_var: ContextVar[Context | None]
+    _signature_cache: inspect.Signature | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -315,7 +316,6 @@ class Task:
 
 
 Task._request_var = ContextVar('request:Task', default=None)
-Task._signature_cache = None
 
 
 def _task_by_name(name: str) -> Task:

@@ -108,7 +108,8 @@ def _arity(fun: Any) -> int:
 
 def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
     """Run ``task`` for ``request``; store its state; return the ``Outcome``."""
-    task_id, args, kwargs = request.id, request.args, request.kwargs
+    task_id: str = request.id or ''
+    args, kwargs = request.args, request.kwargs
     backend = task.backend
     ignore_result = bool(request.ignore_result or task.ignore_result)
     store = not eager or task.store_eager_result

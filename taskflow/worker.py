@@ -23,7 +23,6 @@ import os
 import queue
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any

@@ -19,7 +19,7 @@ from ..protocol import (GROUP_KEYPREFIX, TASK_KEYPREFIX, Context, exception_from
 
 __all__ = ['Backend', 'DisabledBackend', 'PENDING_META']
 
-PENDING_META = {'status': states.PENDING, 'result': None, 'traceback': None, 'children': [],
+PENDING_META: dict[str, Any] = {'status': states.PENDING, 'result': None, 'traceback': None, 'children': [],
                 'date_done': None}
 
 E_NO_BACKEND = ('No result backend is configured. Set result_backend (for example '

@@ -84,7 +84,7 @@ class RedisBackend(Backend):
             return self._ready_cache[task_id]
         key = self.get_key_for_task(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self._pubsub()
+        pubsub: Any = self._pubsub()
         try:
             pubsub.subscribe(key)
             self._await_subscribed(pubsub, key, deadline)
