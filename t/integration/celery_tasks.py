@@ -24,7 +24,6 @@ celery_app.conf.update(
     task_default_queue=os.environ.get('TF_TEST_QUEUE', 'tf-test'),
     result_extended=True,
     broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
 )
 app = celery_app  # ``celery -A t.integration.celery_tasks`` finds it under this name too
 

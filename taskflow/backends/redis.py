@@ -109,11 +109,15 @@ class RedisBackend(Backend):
             self._reset_pubsub()
             raise
         finally:
-            if getattr(self._local, 'pubsub', None) is pubsub:
-                try:
-                    pubsub.unsubscribe(key)
-                except redis.RedisError:
-                    self._reset_pubsub()
+            self._unsubscribe(pubsub, key)
+
+    def _unsubscribe(self, pubsub: Any, key: str) -> None:
+        if getattr(self._local, 'pubsub', None) is not pubsub:
+            return  # already reset after a connection error
+        try:
+            pubsub.unsubscribe(key)
+        except redis.RedisError:
+            self._reset_pubsub()
 
     def _await_subscribed(self, pubsub: Any, key: str, deadline: float | None) -> None:
         while True:
