@@ -112,7 +112,7 @@ class RedisBackend(Backend):
             self._unsubscribe(pubsub, key)
 
     def _unsubscribe(self, pubsub: Any, key: str) -> None:
-        if getattr(self._local, 'pubsub', None) is not pubsub:
+        if id(getattr(self._local, 'pubsub', None)) != id(pubsub):
             return  # already reset after a connection error
         try:
             pubsub.unsubscribe(key)
