@@ -6,7 +6,8 @@ __version__ = '0.1.0'
 from . import states  # noqa: E402
 from ._state import current_app, current_task  # noqa: E402
 from .app import Taskflow  # noqa: E402
-from .canvas import Signature, maybe_signature, signature  # noqa: E402
+from .canvas import (Signature, chain, chord, chunks, group, maybe_signature, signature,  # noqa: E402
+                     xmap, xstarmap)
 from .result import AsyncResult, GroupResult, ResultSet  # noqa: E402
 from .task import Task, shared_task  # noqa: E402
 
@@ -14,5 +15,6 @@ from .task import Task, shared_task  # noqa: E402
 Celery = Taskflow
 
 __all__ = ['Taskflow', 'Celery', 'Task', 'shared_task', 'current_app', 'current_task',
-           'Signature', 'signature', 'maybe_signature', 'AsyncResult', 'GroupResult', 'ResultSet',
+           'Signature', 'signature', 'maybe_signature', 'chain', 'group', 'chord', 'chunks', 'xmap',
+           'xstarmap', 'AsyncResult', 'GroupResult', 'ResultSet',
            'states', '__version__']

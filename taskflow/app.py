@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from . import _state, signals
 from .backends import by_url
 from .broker import Broker
+from .canvas import register_builtin_tasks
 from .config import Settings
 from .exceptions import ImproperlyConfigured, NotRegistered
 from .protocol import task_message, from_iso, utcnow
@@ -76,6 +77,7 @@ class Taskflow:
             self.conf.include = tuple(include)
         if settings:
             self.conf.update(settings)
+        register_builtin_tasks(self)
         if set_as_current:
             _state.set_current_app(self)
         _state.register_app(self)

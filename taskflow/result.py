@@ -59,8 +59,9 @@ class AsyncResult:
         (``propagate``). ``TimeoutError`` when ``timeout`` seconds pass first."""
         if disable_sync_subtasks:
             assert_will_not_block()
-        if follow_parents and propagate and self.parent is not None:
-            self.parent._raise_if_failed()
+        if follow_parents and propagate:
+            for node in reversed(list(self._parents())):
+                node.maybe_throw()
         if self._cache is None or self._cache['status'] not in states.READY_STATES:
             self._cache = self.backend.wait_for(self.id, timeout=timeout, interval=interval,
                                                 on_interval=on_interval)
@@ -75,11 +76,17 @@ class AsyncResult:
 
     wait = get
 
-    def _raise_if_failed(self) -> None:
-        if self.parent is not None:
-            self.parent._raise_if_failed()
+    def _parents(self) -> Iterator[Any]:
+        node, seen = self.parent, set()
+        while node is not None and id(node) not in seen:
+            seen.add(id(node))
+            yield node
+            node = getattr(node, 'parent', None)
+
+    def maybe_throw(self, propagate: bool = True) -> None:
+        """Raise the task's exception if it failed (and ``propagate``)."""
         meta = self._get_task_meta()
-        if meta['status'] in states.PROPAGATE_STATES:
+        if propagate and meta['status'] in states.PROPAGATE_STATES:
             raise self._exception(meta)
 
     @staticmethod

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from . import _state, states
-from .canvas import Signature, signature
+from .canvas import Signature, chunks, signature, xmap, xstarmap
 from .exceptions import MaxRetriesExceededError, NotRegistered, Retry
 from .protocol import Context
 from .result import EagerResult
@@ -274,6 +274,18 @@ class Task:
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: it ignores the parent's result in a chain or callback."""
         return self.signature(args, kwargs, immutable=True)
+
+    def map(self, it: Iterable[Any]) -> Any:
+        """One message running this task for every item: ``task.map([1, 2])``."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> Any:
+        """One message running ``task(*item)`` for every item."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        """The items in chunks of ``n``, one ``starmap`` message per chunk."""
+        return chunks(self.s(), it, n, app=self.app)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:
         return self.app.AsyncResult(task_id, task_name=self.name, **kwargs)

@@ -18,7 +18,7 @@ import traceback as tb_module
 from typing import Any, NamedTuple
 
 from . import _state, signals, states
-from .canvas import maybe_signature
+from .canvas import fail_signature, maybe_signature, on_chord_part_return, run_errbacks
 from .exceptions import Ignore, Reject, Retry
 from .protocol import Context, saferepr
 
@@ -78,32 +78,12 @@ def _send_children(task: Any, request: Context, retval: Any) -> None:
         request.children.append(next_step.apply_async((retval,), chain=chain[:-1] or None, **options))
 
 
-def _run_errbacks(task: Any, request: Context, exc: BaseException, traceback: str) -> None:
-    """Errbacks taking (request, exc, traceback) run here; others are sent with the task id."""
-    app = task.app
-    for errback in request.errbacks or ():
-        sig = maybe_signature(errback, app=app)
-        target = sig.type
-        try:
-            run = getattr(target, 'run', None) if target is not None else None
-            if run is not None and _arity(run) > 1:
-                sig.apply((request, exc, traceback), kwargs={})  # in-process, new style
-            else:
-                sig.apply_async((request.id,), parent_id=request.id, root_id=request.root_id)
-        except Exception as err:  # an errback must not hide the task's own failure
-            logger.exception('Errback %r for %s[%s] failed: %r', sig, task.name, request.id, err)
-
-
-def _arity(fun: Any) -> int:
-    import inspect  # noqa: PLC0415
-
-    try:
-        params = inspect.signature(fun).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return 3
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+def fail_rest(app: Any, request: Context, exc: BaseException, traceback: str) -> None:
+    """A failed task ends its chain: the remaining steps and its chord get the failure too."""
+    for step in reversed(request.chain or ()):
+        fail_signature(app, step, exc, traceback)
+    if request.chord:
+        on_chord_part_return(app, request, states.FAILURE, exc)
 
 
 def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
@@ -153,7 +133,9 @@ def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
             tb_text = tb_module.format_exc()
             if store and (not ignore_result or task.store_errors_even_if_ignored):
                 backend.mark_as_failure(task_id, exc, tb_text, request)
-            _run_errbacks(task, request, exc, tb_text)
+            run_errbacks(task.app, request, exc, tb_text)
+            if store:
+                fail_rest(task.app, request, exc, tb_text)
             task.on_failure(exc, task_id, args, kwargs, tb_text)
             signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args,
                                       kwargs=kwargs, traceback=tb_text, einfo=tb_text)
@@ -163,6 +145,8 @@ def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
             _send_children(task, request, retval)
             if store and not ignore_result:
                 backend.mark_as_done(task_id, retval, request)
+            if store and request.chord:
+                on_chord_part_return(task.app, request, states.SUCCESS, retval)
             task.on_success(retval, task_id, args, kwargs)
             signals.task_success.send(sender=task, result=retval)
             logger.info('Task %s[%s] succeeded in %.6fs: %s', task.name, task_id,

@@ -33,7 +33,8 @@ from . import signals, states
 from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
 from .pools import POOLS, Pool, PreforkPool, ThreadPool, SoloPool
 from .protocol import Context, default_nodename, from_iso, request_from_message
-from .tracer import Outcome, _run_errbacks
+from .canvas import run_errbacks
+from .tracer import Outcome, fail_rest
 
 if TYPE_CHECKING:
     from .app import Taskflow
@@ -409,7 +410,8 @@ class Worker:
                 task.backend.mark_as_failure(request.id, exc, None, request=ctx)
             except Exception as store_exc:
                 logger.error('Could not store the failure of %s[%s]: %r', request.name, request.id, store_exc)
-        _run_errbacks(task, ctx, exc, '')
+        run_errbacks(self.app, ctx, exc, '')
+        fail_rest(self.app, ctx, exc, '')
         signals.task_failure.send(sender=task, task_id=request.id, exception=exc, args=ctx.args,
                                   kwargs=ctx.kwargs, traceback=None, einfo=None)
         if request.acks_late and not task.acks_on_failure_or_timeout:

@@ -189,6 +189,17 @@ class Backend:
     def delete_group(self, group_id: str) -> None:
         self._delete(self.get_key_for_group(group_id))
 
+    # --- chords (backends with a native join override these) --------------------------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Record a chord's size before its header is sent (native joins only)."""
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None, state: str,
+                          result: Any) -> Any:
+        return None
+
+    def chord_cleanup(self, group_id: str, token: str) -> None:
+        """Forget a completed chord's join state."""
+
     def cleanup(self) -> None:
         """Delete expired results (backends without key expiry override this)."""
 

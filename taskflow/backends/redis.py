@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,53 @@ def redis_client(url: str, conf: Any) -> redis.Redis:
     if parts.scheme not in ('redis', 'rediss', 'unix'):
         raise ImproperlyConfigured(f'Not a Redis URL: {url!r}')
     return redis.Redis.from_url(url, **options)
+
+
+# The chord join, atomic in Redis (Celery 5.7's keys and values, so mixed fleets agree).
+# KEYS: 1 results <gkey>.j (zset by group index)  2 members added later <gkey>.t
+#       3 chord size <gkey>.s  4 members seen <gkey>.d  5 group meta <gkey>  6 dispatch claim <gkey>.c
+# ARGV: 1 task id  2 encoded [1, id, state, result]  3 '1' ordered (zset) / '0' list
+#       4 group index  5 key ttl  6 group meta ttl  7 claim ttl  8 claim token
+# Returns {results so far, added later, size (-1 unknown), 1 if this caller must send the body}.
+# A member is counted once per (task id, index), so a redelivered header task does no harm;
+# once the body was sent, .c holds "done" and late copies return -1.
+JOIN_LUA = """
+if redis.call('GET', KEYS[6]) == 'done' then
+  return {-1, 0, 0, 0}
+end
+if redis.call('SADD', KEYS[4], ARGV[1] .. ':' .. ARGV[4]) == 1 then
+  if ARGV[3] == '1' then
+    redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+  else
+    redis.call('RPUSH', KEYS[1], ARGV[2])
+  end
+end
+local count
+if ARGV[3] == '1' then count = redis.call('ZCARD', KEYS[1]) else count = redis.call('LLEN', KEYS[1]) end
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+  if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[5], tonumber(ARGV[6])) end
+end
+local added = tonumber(redis.call('GET', KEYS[2]) or '0')
+local size = tonumber(redis.call('GET', KEYS[3]) or '-1')
+local claimed = 0
+if size >= 0 and count == size + added then
+  if redis.call('SET', KEYS[6], ARGV[8], 'NX', 'EX', tonumber(ARGV[7])) then claimed = 1 end
+end
+return {count, added, size, claimed}
+"""
+
+# After the body was sent: drop the join state and leave "done" (only the claim's owner may).
+# KEYS: 1 claim  2-5 .j .t .s .d   ARGV: 1 claim token  2 ttl of the "done" marker
+CLEANUP_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[1], 'done', 'EX', tonumber(ARGV[2]))
+return 1
+"""
 
 
 class RedisBackend(Backend):
@@ -138,6 +186,71 @@ class RedisBackend(Backend):
                 pubsub.close()
             except Exception:
                 pass
+
+    # --- chords --------------------------------------------------------------------------------
+    def _chord_keys(self, group_id: str) -> dict[str, str]:
+        base = self.get_key_for_group(group_id)
+        return {suffix: base + suffix for suffix in ('', '.j', '.t', '.s', '.d', '.c')}
+
+    @property
+    def _ordered(self) -> bool:
+        options = self.app.conf.result_backend_transport_options or {}
+        return bool(options.get('result_chord_ordered', self.app.conf.result_chord_ordered))
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Record how many header results complete the chord (before its first member is sent)."""
+        keys = self._chord_keys(group_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(keys['.c'])  # a re-applied frozen chord is a new run
+        pipe.set(keys['.s'], size, ex=int(self.expires) if self.expires else None)
+        pipe.execute()
+
+    def chord_part_return(self, group_id: str, task_id: str, group_index: int | None, state: str,
+                          result: Any) -> tuple[str, list[tuple[str, str, Any]]] | None:
+        """Record one header result. Returns ``(claim token, [(id, state, value), ...])`` to
+        the one caller whose result completed the chord, ``None`` to everybody else."""
+        if state in states.EXCEPTION_STATES and isinstance(result, BaseException):
+            result = self.prepare_exception(result)
+        keys = self._chord_keys(group_id)
+        token = uuid.uuid4().hex
+        join_timeout = self.app.conf.result_chord_join_timeout or 5.0
+        claim_ttl = max(30, int(join_timeout * 2))
+        ttl = int(self.expires) if self.expires else 0
+        count, _added, _size, claimed = self._join_script(
+            keys=[keys['.j'], keys['.t'], keys['.s'], keys['.d'], keys[''], keys['.c']],
+            args=[task_id, self.encode([1, task_id, state, result]), '1' if self._ordered else '0',
+                  '+inf' if group_index is None else group_index, ttl, ttl, claim_ttl, token])
+        if count == -1 or not claimed:
+            return None
+        raw = (self.client.zrange(keys['.j'], 0, -1) if self._ordered
+               else self.client.lrange(keys['.j'], 0, -1))
+        entries = []
+        for item in raw:
+            _, member_id, member_state, value = self.decode(item)
+            if member_state in states.EXCEPTION_STATES:
+                value = self.meta_from_decoded({'status': member_state, 'result': value})['result']
+            entries.append((member_id, member_state, value))
+        return token, entries
+
+    def chord_cleanup(self, group_id: str, token: str) -> None:
+        keys = self._chord_keys(group_id)
+        done_ttl = max(300, int(self.expires or 0) and 300)
+        self._cleanup_script(keys=[keys['.c'], keys['.j'], keys['.t'], keys['.s'], keys['.d']],
+                             args=[token, done_ttl])
+
+    @property
+    def _join_script(self) -> Any:
+        script = self.__dict__.get('_join')
+        if script is None:
+            script = self.__dict__['_join'] = self.client.register_script(JOIN_LUA)
+        return script
+
+    @property
+    def _cleanup_script(self) -> Any:
+        script = self.__dict__.get('_cleanup')
+        if script is None:
+            script = self.__dict__['_cleanup'] = self.client.register_script(CLEANUP_LUA)
+        return script
 
     def close(self) -> None:
         self._reset_pubsub()
