@@ -835,7 +835,7 @@ def register_builtin_tasks(app: Any) -> None:
         try:
             ready = deps.ready()
         except Exception as exc:
-            raise self.retry(exc=exc, countdown=interval, max_retries=max_retries)
+            raise self.retry(exc=exc, countdown=interval, max_retries=max_retries) from exc
         if not ready:
             raise self.retry(countdown=interval, max_retries=max_retries)
         body = maybe_signature(callback, app=app)

@@ -109,14 +109,15 @@ class WorkerProcess:
     def log(self) -> str:
         return self.logpath.read_text(errors='replace')
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, queue: str | None = None) -> None:
+        """Wait until a ``ping`` sent to ``queue`` (default: the app's default queue) round-trips."""
         from t.integration import tasks
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f'worker exited with {self.proc.returncode}:\n{self.log()}')
             try:
-                assert tasks.ping.delay().get(timeout=2) == 'pong'
+                assert tasks.ping.apply_async(queue=queue).get(timeout=2) == 'pong'
                 return
             except Exception:
                 if time.monotonic() > deadline:
@@ -159,7 +160,7 @@ def start_worker(broker: str, queue_name: str, tmp_path: Path) -> Iterator[Calla
         w = WorkerProcess(cmd, full_env, tmp_path / f'worker-{len(started)}.log')
         started.append(w)
         if ready:
-            w.wait_ready()
+            w.wait_ready(queue=queue)
         return w
 
     yield start
@@ -179,3 +180,68 @@ def worker(broker_name: str, queue_name: str, tmp_path_factory: pytest.TempPathF
     w.wait_ready()
     yield w
     assert w.stop() == 0, w.log()
+
+
+# --- helpers for tests that need queues, node names or broker-side counts of their own -------
+HOSTNAME = __import__('socket').gethostname()
+
+
+def queue_length(name: str) -> int:
+    """Messages ready in queue ``name`` on the test app's broker (not counting unacked ones):
+    a passive declare, so the RabbitMQ count or kombu's ``LLEN`` over the Redis priority lists."""
+    from t.integration import tasks
+    with tasks.app.connection() as conn:
+        _, count, _ = conn.default_channel.queue_declare(queue=name, passive=True)
+    return count
+
+
+def delete_queue(name: str) -> None:
+    """Delete queue ``name`` and its exchange of the same name on the test app's broker."""
+    from kombu import Exchange, Queue
+
+    from t.integration import tasks
+    with tasks.app.connection() as conn:
+        channel = conn.default_channel
+        for make in (lambda: Queue(name, Exchange(name), routing_key=name, channel=channel),
+                     lambda: Exchange(name, channel=channel)):
+            try:
+                make().delete()
+            except conn.channel_errors:
+                channel = conn.channel()
+            except Exception:  # noqa: BLE001 - best-effort clean-up
+                pass
+
+
+@pytest.fixture
+def own_queue(broker: str, queue_name: str) -> Iterator[str]:
+    """A queue for this test only: the test app sends there by default (so ``start_worker(...,
+    queue=own_queue)`` gets a worker no other test's messages reach); deleted afterwards."""
+    name = f'tf-test-{broker}-own-{uuid.uuid4().hex[:8]}'
+    configure_app(broker, name)
+    yield name
+    delete_queue(name)
+    configure_app(broker, queue_name)
+
+
+def count_lines(text: str, *needles: str) -> int:
+    """Lines of ``text`` containing every one of ``needles``."""
+    return sum(1 for line in text.splitlines() if all(n in line for n in needles))
+
+
+def nodename_of(w: WorkerProcess) -> str:
+    """The node name a worker printed in its start-up banner (``taskflow <version> worker <node>``)."""
+    import re
+    found = re.search(r'^taskflow \S+ worker (\S+)$', w.log(), re.MULTILINE)
+    assert found, f'no banner in the worker output:\n{w.log()}'
+    return found.group(1)
+
+
+def raw_meta(task_id: str) -> dict[str, Any] | None:
+    """The meta stored for ``task_id``, read straight from the backend Redis DB (None if absent)."""
+    import json
+    client = redis.Redis.from_url(REDIS_BACKEND_URL)
+    try:
+        payload = client.get(f'celery-task-meta-{task_id}')
+    finally:
+        client.close()
+    return None if payload is None else json.loads(payload)

@@ -109,3 +109,56 @@ def on_error_record(request, exc, traceback, path: str = '') -> None:  # noqa: A
     """A new-style errback: called in the worker with the failed request and exception."""
     with open(path or '/dev/null', 'a') as fh:
         fh.write(f'{request.id} {type(exc).__name__}\n')
+
+
+# --- tasks for test_calling.py / test_worker.py -----------------------------------------------
+@app.task
+def record_value(value, path: str) -> None:
+    """Append ``repr(value)`` to ``path``: a link callback (value = the parent's return value) or
+    an old-style errback (value = the failed task's id)."""
+    with open(path, 'a') as fh:
+        fh.write(f'{value!r}\n')
+
+
+@app.task(track_started=True)
+def tracked_sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def getpid() -> int:
+    return os.getpid()
+
+
+@app.task
+def sleep_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task
+def catch_soft_limit(seconds: float) -> str:
+    """Sleep; return a marker when the soft time limit interrupts the sleep."""
+    from taskflow.exceptions import SoftTimeLimitExceeded
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return 'soft-limit-caught'
+    return 'slept'
+
+
+@app.task
+def record_then_reject(path: str, requeue: bool = False) -> None:
+    """Record a run, then reject the message."""
+    with open(path, 'a') as fh:
+        fh.write('run\n')
+    raise Reject('rejected on purpose', requeue=requeue)
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.1)
+def retry_record(self, path: str) -> int:
+    """Record each attempt, retry until max_retries is exceeded (-> the KeyError as FAILURE)."""
+    with open(path, 'a') as fh:
+        fh.write(f'{self.request.retries}\n')
+    raise self.retry(exc=KeyError(f'attempt {self.request.retries}'))
