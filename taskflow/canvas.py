@@ -365,6 +365,7 @@ class chain(_Composite, subtask_type='chain'):
             return self.apply(args, kwargs, **options)
         if not self.tasks:
             return None
+        producer = options.pop('producer', None)
         chain_rest = options.pop('chain', None) or []
         result = self.freeze(options.pop('task_id', None), options.pop('group_id', None),
                              options.pop('chord', None), options.pop('root_id', None),
@@ -385,7 +386,7 @@ class chain(_Composite, subtask_type='chain'):
         # The first step's message carries the rest, next step last; steps that follow this
         # whole chain (it was itself a step) come before them in that list.
         remaining = list(chain_rest) + [dict(s) for s in reversed(rest)]
-        first.apply_async(args, kwargs, chain=remaining or None, producer=options.get('producer'))
+        first.apply_async(args, kwargs, chain=remaining or None, producer=producer)
         return result
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -483,15 +484,15 @@ class group(_Composite, subtask_type='group'):
                              parent_id=options.pop('parent_id', None), chord=options.pop('chord', None))
         options.pop('group_id', None)
         options.pop('group_index', None)
+        producer = options.pop('producer', None)
         shared = _member_options(options)
-        producer = options.get('producer')
-        if producer is None and self.tasks and not app.conf.task_always_eager:
-            with app.producer_pool.acquire(block=True) as producer:
+        if producer is None and self.tasks:
+            with app.producer_pool.acquire(block=True) as pooled:  # one producer for all members
                 for task in self.tasks:
-                    task.apply_async(args, kwargs, producer=producer, **shared)
+                    task.apply_async(args, kwargs, producer=pooled, **shared)
         else:
             for task in self.tasks:
-                task.apply_async(args, kwargs, **shared)
+                task.apply_async(args, kwargs, producer=producer, **shared)
         return result
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
@@ -620,6 +621,7 @@ class chord(_Composite, subtask_type='chord'):
                              options.pop('chord', None), options.pop('root_id', None),
                              options.pop('parent_id', None), options.pop('group_index', None))
         header, gid = self.header, self['options']['header_group_id']
+        producer = options.pop('producer', None)
         shared = _member_options(options)
         for key, value in shared.items():
             body['options'].setdefault(key, value)
@@ -633,9 +635,9 @@ class chord(_Composite, subtask_type='chord'):
             backend.set_chord_size(gid, size)  # before the first header message (never hangs)
             for task in header.tasks:
                 _set_chord(task, body_dict)
-            header.apply_async(args, kwargs, task_id=gid, **shared)
+            header.apply_async(args, kwargs, task_id=gid, producer=producer, **shared)
         else:
-            header_result = header.apply_async(args, kwargs, task_id=gid, **shared)
+            header_result = header.apply_async(args, kwargs, task_id=gid, producer=producer, **shared)
             interval = app.conf.result_chord_retry_interval
             app.tasks['celery.chord_unlock'].apply_async(
                 (gid, dict(body)), {'result': [r.as_tuple() for r in header_result.results],
