@@ -255,6 +255,12 @@ class Taskflow:
             return 0.0
         return remaining
 
+    @cached_property
+    def control(self) -> Any:
+        """Remote control of workers: ``app.control.revoke(id)``, ``app.control.inspect().active()``."""
+        from .control import Control  # noqa: PLC0415 - same layer, made on first use
+        return Control(self)
+
     # --- results ------------------------------------------------------------------------------
     @cached_property
     def backend(self) -> Any:

@@ -145,6 +145,10 @@ def _load_json(value: str | None, what: str, kind: type) -> Any:
 @click.option('--max-memory-per-child', type=int, help='Replace a child above this resident memory (KiB).')
 @click.option('--time-limit', type=float, help='Hard time limit per task (seconds).')
 @click.option('--soft-time-limit', type=float, help='Soft time limit per task (seconds).')
+@click.option('-E', '--task-events', 'task_events', is_flag=True, default=None,
+              help='Send task events (for monitors such as Flower).')
+@click.option('--statedb', type=click.Path(dir_okay=False), help='Keep revoked task ids in this file across restarts.')
+@click.option('--autoscale', help='MAX,MIN: grow the pool up to MAX under load, shrink to MIN when idle.')
 @click.option('-O', 'optimization', help='Accepted for Celery compatibility (fair scheduling is the only mode).')
 @click.option('--without-gossip', is_flag=True, help='Accepted for Celery compatibility (there is no gossip).')
 @click.option('--without-mingle', is_flag=True, help='Accepted for Celery compatibility (there is no mingle).')
@@ -154,7 +158,8 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
            queues: str | None, exclude_queues: str | None, hostname: str | None, loglevel: str,
            logfile: str | None, pidfile: str | None, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None, time_limit: float | None,
-           soft_time_limit: float | None, **ignored: Any) -> None:
+           soft_time_limit: float | None, task_events: bool | None, statedb: str | None,
+           autoscale: str | None, **ignored: Any) -> None:
     """Start a worker."""
     from .log import setup_logging  # noqa: PLC0415
     from .worker import Worker  # noqa: PLC0415
@@ -169,7 +174,8 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
         instance = Worker(app, hostname=hostname, concurrency=concurrency, pool=pool, queues=split(queues),
                           exclude_queues=split(exclude_queues), prefetch_multiplier=prefetch_multiplier,
                           max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-                          time_limit=time_limit, soft_time_limit=soft_time_limit)
+                          time_limit=time_limit, soft_time_limit=soft_time_limit, send_events=task_events,
+                          statedb=statedb, autoscale=_parse_autoscale(autoscale))
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     release = _take_pidfile(pidfile) if pidfile else None
@@ -181,6 +187,19 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
         if release:
             release()
     sys.exit(code)
+
+
+def _parse_autoscale(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    try:
+        parts = [int(p) for p in value.split(',')]
+    except ValueError:
+        raise click.BadParameter('expected MAX,MIN (for example 10,3)', param_hint='--autoscale') from None
+    maximum, minimum = (parts + [0])[:2] if len(parts) == 1 else parts[:2]
+    if minimum > maximum:
+        maximum, minimum = minimum, maximum
+    return maximum, minimum
 
 
 def _take_pidfile(path: str) -> Callable[[], None]:
@@ -295,3 +314,137 @@ def purge(obj: _Context, app_path: str | None, force: bool, queues: str | None, 
 def main(argv: list[str] | None = None, app: Taskflow | None = None) -> None:
     """Entry point of the ``taskflow`` script and ``python -m taskflow``."""
     cli.main(args=argv, prog_name='taskflow', obj=app)
+
+
+# --- remote control ---------------------------------------------------------------------------
+def _destination(value: str | None) -> list[str] | None:
+    return [d.strip() for d in value.split(',') if d.strip()] if value else None
+
+
+def _print_replies(replies: Any, as_json: bool, what: str) -> None:
+    if not replies:
+        raise click.ClickException('No nodes replied within time constraint')
+    if isinstance(replies, list):  # control replies: [{node: reply}, ...]
+        merged: dict[str, Any] = {}
+        for reply in replies:
+            merged.update(reply)
+        replies = merged
+    if as_json:
+        click.echo(json.dumps(replies, indent=2, default=repr))
+        return
+    for node, reply in replies.items():
+        click.echo(f'-> {node}: {_summary(reply)}')
+    click.echo(f'\n{len(replies)} node{"" if len(replies) == 1 else "s"} online.' if what == 'ping' else '')
+
+
+def _summary(reply: Any) -> str:
+    if isinstance(reply, dict) and set(reply) <= {'ok', 'error'}:
+        return 'OK ' + str(reply['ok']) if 'ok' in reply else 'ERROR ' + str(reply['error'])
+    return json.dumps(reply, indent=4, default=repr).replace('\n', '\n    ')
+
+
+INSPECT_METHODS = ('ping', 'active', 'reserved', 'scheduled', 'revoked', 'registered', 'stats',
+                   'active_queues', 'conf', 'report', 'clock', 'query_task')
+
+
+@cli.command()
+@app_option
+@click.argument('method', type=click.Choice(INSPECT_METHODS))
+@click.argument('arguments', nargs=-1)
+@click.option('-t', '--timeout', type=float, default=1.0, show_default=True, help='Seconds to wait for replies.')
+@click.option('-d', '--destination', help='Comma-separated node names to ask (default: all).')
+@click.option('-j', '--json', 'as_json', is_flag=True, help='Print the replies as JSON.')
+@click.pass_obj
+def inspect(obj: _Context, app_path: str | None, method: str, arguments: tuple[str, ...], timeout: float,
+            destination: str | None, as_json: bool) -> None:
+    """Ask workers about their state (ping, active, stats, ...)."""
+    app = obj.app(app_path)
+    handle = app.control.inspect(destination=_destination(destination), timeout=timeout)
+    try:
+        replies = getattr(handle, method)(*arguments)
+    except Exception as exc:
+        raise click.ClickException(f'inspect {method} failed: {type(exc).__name__}: {exc}') from None
+    _print_replies(replies, as_json, method)
+
+
+CONTROL_METHODS = {
+    'revoke': ('task_id',), 'terminate': ('signal', 'task_id'), 'rate_limit': ('task_name', 'rate_limit'),
+    'time_limit': ('task_name', 'soft', 'hard'), 'shutdown': (), 'pool_grow': ('n',), 'pool_shrink': ('n',),
+    'autoscale': ('max', 'min'), 'add_consumer': ('queue', 'exchange', 'exchange_type', 'routing_key'),
+    'cancel_consumer': ('queue',), 'enable_events': (), 'disable_events': (), 'heartbeat': (),
+}
+
+
+@cli.command()
+@app_option
+@click.argument('method', type=click.Choice(sorted(CONTROL_METHODS)))
+@click.argument('arguments', nargs=-1)
+@click.option('-t', '--timeout', type=float, default=1.0, show_default=True, help='Seconds to wait for replies.')
+@click.option('-d', '--destination', help='Comma-separated node names (default: all).')
+@click.option('-j', '--json', 'as_json', is_flag=True, help='Print the replies as JSON.')
+@click.pass_obj
+def control(obj: _Context, app_path: str | None, method: str, arguments: tuple[str, ...], timeout: float,
+            destination: str | None, as_json: bool) -> None:
+    """Send a command to workers (revoke, rate_limit, shutdown, pool_grow, ...)."""
+    app = obj.app(app_path)
+    names = CONTROL_METHODS[method]
+    if len(arguments) > len(names):
+        raise click.UsageError(f'{method} takes at most {len(names)} argument(s): {" ".join(names) or "none"}')
+    values: dict[str, Any] = {}
+    for name, raw in zip(names, arguments):
+        values[name] = _coerce(raw)
+    if method == 'revoke':
+        values['task_id'] = list(arguments)
+    try:
+        replies = app.control.broadcast(method, arguments=values, destination=_destination(destination),
+                                        reply=True, timeout=timeout)
+    except Exception as exc:
+        raise click.ClickException(f'control {method} failed: {type(exc).__name__}: {exc}') from None
+    _print_replies(replies, as_json, method)
+
+
+def _coerce(raw: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+@cli.command()
+@app_option
+@click.option('-t', '--timeout', type=float, default=1.0, show_default=True, help='Seconds to wait for replies.')
+@click.pass_obj
+def status(obj: _Context, app_path: str | None, timeout: float) -> None:
+    """List the workers that answer a ping."""
+    app = obj.app(app_path)
+    replies = app.control.inspect(timeout=timeout).ping()
+    if not replies:
+        raise click.ClickException('No nodes replied within time constraint')
+    for node in sorted(replies):
+        click.echo(f'{node}: OK')
+    click.echo(f'\n{len(replies)} node{"" if len(replies) == 1 else "s"} online.')
+
+
+@cli.command()
+@app_option
+@click.option('--dump', is_flag=True, help='Print every event as it arrives.')
+@click.option('--timeout', type=float, default=None, help='Stop after this many quiet seconds.')
+@click.option('--limit', type=int, default=None, help='Stop after this many events.')
+@click.pass_obj
+def events(obj: _Context, app_path: str | None, dump: bool, timeout: float | None, limit: int | None) -> None:
+    """Watch the events workers send (start them with -E for task events)."""
+    from .events import EventReceiver  # noqa: PLC0415
+    app = obj.app(app_path)
+
+    def show(event: dict[str, Any]) -> None:
+        fields = {k: v for k, v in event.items() if k not in ('type', 'hostname', 'timestamp')}
+        click.echo(f'{event.get("hostname")} [{event.get("timestamp")}] {event.get("type")}: '
+                   f'{json.dumps(fields, default=repr)}')
+
+    click.echo('-> taskflow events: capturing (Ctrl-C to stop)...', err=True)
+    try:
+        EventReceiver(app, {'*': show}).capture(limit=limit, timeout=timeout)
+    except KeyboardInterrupt:
+        pass

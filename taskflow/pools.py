@@ -34,8 +34,16 @@ class Pool:
         """Start the pool's threads or processes."""
 
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
-                    soft_time_limit: float | None = None) -> Any:
+                    soft_time_limit: float | None = None, on_accepted: Callable[[int], None] | None = None) -> Any:
         raise NotImplementedError
+
+    def terminate_job(self, pid: int | None, signum: int) -> bool:
+        """Kill the process running a task (only pools with processes can)."""
+        return False
+
+    def resize(self, delta: int) -> bool:
+        """Add (or remove, when negative) workers; False when this pool cannot."""
+        return False
 
     def stop(self) -> None:
         """Finish the running tasks, then stop."""
@@ -51,7 +59,9 @@ class SoloPool(Pool):
     """Runs each task inline, in the consumer thread: one at a time, no isolation."""
 
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
-                    soft_time_limit: float | None = None) -> None:
+                    soft_time_limit: float | None = None, on_accepted: Callable[[int], None] | None = None) -> None:
+        if on_accepted is not None:
+            on_accepted(os.getpid())
         try:
             outcome: Any = trace_from_message(fields)
         except BaseException as exc:  # noqa: BLE001 - the worker must see every ending
@@ -70,8 +80,10 @@ class ThreadPool(Pool):
         self._executor = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix='ThreadPoolWorker')
 
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
-                    soft_time_limit: float | None = None) -> Any:
+                    soft_time_limit: float | None = None, on_accepted: Callable[[int], None] | None = None) -> Any:
         assert self._executor is not None
+        if on_accepted is not None:
+            on_accepted(os.getpid())
         future = self._executor.submit(trace_from_message, fields)
         future.add_done_callback(lambda f: on_done(f.exception() or f.result()))
         return future
@@ -118,14 +130,31 @@ class PreforkPool(Pool):
                                   **{k: v for k, v in self.options.items() if v})
 
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
-                    soft_time_limit: float | None = None) -> Any:
+                    soft_time_limit: float | None = None, on_accepted: Callable[[int], None] | None = None) -> Any:
         # The process boundary: `fields` is pickled to a child, which runs the task there;
         # billiard's result thread calls `on_done` with the outcome, or with the error that
         # ended the child (TimeLimitExceeded, WorkerLostError, Terminated).
         return self._pool.apply_async(
             trace_from_message, (fields,), callback=on_done,
             error_callback=lambda einfo: on_done(getattr(einfo, 'exception', einfo)),
+            accept_callback=(lambda pid, _accepted_at: on_accepted(pid)) if on_accepted else None,
             timeout=time_limit, soft_timeout=soft_time_limit)
+
+    def terminate_job(self, pid: int | None, signum: int) -> bool:
+        if not pid or self._pool is None:
+            return False
+        self._pool.terminate_job(pid, signum)
+        return True
+
+    def resize(self, delta: int) -> bool:
+        if self._pool is None:
+            return False
+        if delta > 0:
+            self._pool.grow(delta)
+        elif delta < 0:
+            self._pool.shrink(-delta)
+        self.limit += delta
+        return True
 
     def stop(self) -> None:
         if self._pool is not None:

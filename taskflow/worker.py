@@ -1,16 +1,17 @@
 """The worker: consume task messages, run them in a pool, acknowledge, and shut down cleanly.
 
-One consumer thread (the main thread) owns the kombu connection: it receives, decides, acks.
-Pools report completions through a queue that only this thread reads. The loop blocks on the
-event source that can unblock it: the broker while pool slots are free, the completion queue
-while they are not.
+One consumer thread (the main thread) owns the broker connection: it receives, decides, acks,
+answers remote control and sends events. Pools report completions through a queue that only
+this thread reads. The loop blocks on the event source that can unblock it: the broker while
+pool slots are free, the completion queue while they are not.
 
 Message fates, in order of ``_on_message``:
 - unreadable (content type refused, undecodable body, missing headers) or unknown task: one
   error line with the id and reason, then rejected without requeue (dropped, or dead-lettered
   on RabbitMQ when the queue has a DLX);
-- expired: stored as REVOKED, acked;
-- ETA in the future: held on a heap (prefetch raised by one while it is held);
+- revoked or expired: stored as REVOKED, acked;
+- ETA in the future, or over its rate limit: held on a timer heap (prefetch raised by one while
+  held, so held messages never starve the queue);
 - otherwise reserved, and dispatched when a slot is free: acked just before (default) or after
   the run (``acks_late``).
 """
@@ -24,26 +25,44 @@ import queue
 import signal
 import socket
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any, Iterable
 
+from kombu import Exchange, Queue
 from kombu.common import QoS
+from kombu.utils.limits import TokenBucket
 
 from . import signals, states
-from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
-from .pools import POOLS, Pool, PreforkPool, ThreadPool, SoloPool
-from .protocol import Context, default_nodename, from_iso, request_from_message
 from .canvas import run_errbacks
+from .control import HANDLERS, RevokedSet, mailbox_for
+from .events import HEARTBEAT_FREQ, EventDispatcher
+from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
+from .pools import POOLS, Pool, PreforkPool, SoloPool, ThreadPool
+from .protocol import Context, default_nodename, from_iso, request_from_message, saferepr
 from .tracer import Outcome, fail_rest
 
 if TYPE_CHECKING:
     from .app import Taskflow
 
-__all__ = ['Worker']
+__all__ = ['Worker', 'parse_rate']
 
 logger = logging.getLogger('taskflow.worker')
 
 RUNNING, WARM, COLD = 'running', 'warm', 'cold'
+_RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
+
+
+def parse_rate(rate: Any) -> float:
+    """``'10/s'``, ``'100/m'``, ``'1000/h'`` or a number (per second) -> tasks per second; 0 = none."""
+    if not rate:
+        return 0.0
+    if isinstance(rate, (int, float)):
+        return float(rate)
+    count, _, unit = str(rate).partition('/')
+    try:
+        return float(count) / _RATE_UNITS[unit.strip().lower()[:1] or 's']
+    except (KeyError, ValueError):
+        raise ValueError(f'{rate!r} (expected a number, or N/s, N/m, N/h)') from None
 
 
 class _GiveUp(Exception):
@@ -54,7 +73,7 @@ class Request:
     """A task message the worker holds, with what it needs to decide and acknowledge."""
 
     __slots__ = ('message', 'fields', 'task', 'id', 'name', 'eta', 'acked', 'time_limit',
-                 'soft_time_limit', 'started')
+                 'soft_time_limit', 'started', 'worker_pid', 'time_start')
 
     def __init__(self, message: Any, fields: dict[str, Any], task: Any) -> None:
         self.message = message
@@ -68,6 +87,8 @@ class Request:
         self.time_limit = hard or task.time_limit
         self.soft_time_limit = soft or task.soft_time_limit
         self.started = 0.0
+        self.time_start: float | None = None
+        self.worker_pid: int | None = None
 
     @property
     def acks_late(self) -> bool:
@@ -85,6 +106,14 @@ class Request:
 
     def context(self) -> Context:
         return Context(self.fields, called_directly=False)
+
+    def info(self) -> dict[str, Any]:
+        """This request as ``inspect active/reserved`` report it (Celery's keys)."""
+        f = self.fields
+        return {'id': self.id, 'name': f['name'], 'args': f.get('args'), 'kwargs': f.get('kwargs'),
+                'type': f['name'], 'hostname': f.get('hostname'), 'time_start': self.time_start,
+                'acknowledged': self.acked, 'delivery_info': f.get('delivery_info'),
+                'worker_pid': self.worker_pid}
 
 
 def _settle(message: Any, how: str) -> None:
@@ -110,43 +139,71 @@ class Worker:
                  exclude_queues: list[str] | None = None, prefetch_multiplier: int | None = None,
                  max_tasks_per_child: int | None = None, max_memory_per_child: int | None = None,
                  time_limit: float | None = None, soft_time_limit: float | None = None,
-                 install_signal_handlers: bool = True, **options: Any) -> None:
+                 send_events: bool | None = None, statedb: str | None = None,
+                 autoscale: tuple[int, int] | None = None, install_signal_handlers: bool = True,
+                 **options: Any) -> None:
+        from . import __version__  # noqa: PLC0415
         conf = app.conf
         self.app = app
+        self.version = __version__
         self.hostname = default_nodename(hostname)
-        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self.pool_name = pool or conf.worker_pool
         if self.pool_name not in POOLS:
             raise ValueError(f'Unknown pool {self.pool_name!r}; choose from {", ".join(POOLS)}')
+        self.autoscale = autoscale
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        if autoscale:
+            self.concurrency = autoscale[1] or 1
         if self.pool_name == 'solo':
             self.concurrency = 1
-        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
-        self.prefetch_count = self.concurrency if conf.worker_disable_prefetch else self.concurrency * multiplier
+        self.prefetch_multiplier = (conf.worker_prefetch_multiplier if prefetch_multiplier is None
+                                    else prefetch_multiplier)
         self.queue_names = queues or None
         self.exclude_queues = set(exclude_queues or ())
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.time_limit = time_limit or conf.task_time_limit
         self.soft_time_limit = soft_time_limit or conf.task_soft_time_limit
+        self.task_events = bool(conf.worker_send_task_events if send_events is None else send_events)
+        self.revoked = RevokedSet(path=statedb or conf.worker_state_db)
         self.install_signal_handlers = install_signal_handlers
         self.options = options
         self.mode = RUNNING
         self.pool: Pool | None = None
+        self.events: EventDispatcher | None = None
         self._completions: queue.SimpleQueue[tuple[Request, Any]] = queue.SimpleQueue()
         self._reserved: deque[Request] = deque()
-        self._eta: list[tuple[float, int, Request]] = []
-        self._eta_seq = itertools.count()
+        self._held: list[tuple[float, int, Request]] = []  # ETA and rate-limited, by due time
+        self._seq = itertools.count()
         self._active: set[Request] = set()  # by identity: a retry reuses the task id
         self._qos: QoS | None = None
         self._consumer: Any = None
+        self._connection: Any = None
+        self._buckets: dict[str, TokenBucket | None] = {}
+        self._extra_queues: list[Queue] = []
+        self._cancelled_queues: set[str] = set()
+        self._next_heartbeat = 0.0
+        self._idle_since = time.monotonic()
+        self.totals: Counter[str] = Counter()
         self.processed = 0
+        self.clock = 0
+        self.started_at = time.monotonic()
         self.exitcode = 0
 
+    @property
+    def prefetch_count(self) -> int:
+        slots = self.autoscale[0] if self.autoscale else self.concurrency
+        if self.app.conf.worker_disable_prefetch:
+            return slots
+        return slots * self.prefetch_multiplier
+
     # --- set-up ----------------------------------------------------------------------------
-    def _queues(self) -> list[Any]:
+    def consumed_queues(self) -> list[Queue]:
         known = self.app.broker.queues
         names = self.queue_names or list(known)
-        return [q for q in known.select(names) if q.name not in self.exclude_queues]
+        queues = [q for q in known.select(names) if q.name not in self.exclude_queues]
+        queues += [q for q in self._extra_queues if q.name not in {x.name for x in queues}]
+        return [q for q in queues if q.name not in self._cancelled_queues]
 
     def _make_pool(self) -> Pool:
         if self.pool_name == 'solo':
@@ -157,21 +214,30 @@ class Worker:
                            self.max_memory_per_child, self.time_limit, self.soft_time_limit)
 
     def banner(self) -> str:
-        from . import __version__  # noqa: PLC0415
         from .config import mask_url  # noqa: PLC0415
         conf = self.app.conf
         tasks = sorted(n for n in self.app.tasks if not n.startswith('celery.'))
+        scaling = f'autoscale {self.autoscale[0]},{self.autoscale[1]}' if self.autoscale else str(self.concurrency)
         lines = [
-            f'taskflow {__version__} worker {self.hostname}',
+            f'taskflow {self.version} worker {self.hostname}',
             f'  app:         {self.app.main or "__main__"}',
             f'  broker:      {mask_url(conf.broker_url or "memory://")}',
             f'  backend:     {mask_url(conf.result_backend) if conf.result_backend else "disabled"}',
-            f'  concurrency: {self.concurrency} ({self.pool_name}), prefetch {self.prefetch_count}',
-            f'  queues:      {", ".join(q.name for q in self._queues())}',
+            f'  concurrency: {scaling} ({self.pool_name}), prefetch {self.prefetch_count}',
+            f'  events:      {"task events on" if self.task_events else "off (-E to enable)"}',
+            f'  queues:      {", ".join(q.name for q in self.consumed_queues())}',
             '  tasks:',
             *(f'    . {name}' for name in tasks),
         ]
         return '\n'.join(lines)
+
+    def broker_info(self) -> dict[str, Any]:
+        connection = self._connection
+        if connection is None:
+            return {}
+        info = dict(connection.info())
+        info.pop('password', None)
+        return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
     # --- running -----------------------------------------------------------------------------
     def start(self) -> int:
@@ -222,7 +288,9 @@ class Worker:
                 logger.error('consumer: Connection to broker lost: %r. Trying to re-establish the connection...', exc)
                 self._forget_undispatched()
             finally:
-                self._consumer = None
+                self._consumer = self._connection = None
+                if self.events is not None:
+                    self.events.close()
                 try:
                     connection.release()
                 except Exception:
@@ -248,27 +316,41 @@ class Worker:
             if self.mode != RUNNING:
                 raise
             raise _GiveUp(f'Cannot connect to {connection.as_uri()}: {exc}') from exc
+        self._connection = connection
         channel = connection.channel()
-        queues = self._queues()
+        queues = self.consumed_queues()
         for q in queues:
             q(channel).declare()
         self._consumer = self.app.broker.task_consumer(channel, queues, self._on_message)
-        self._qos = QoS(self._consumer.qos, self.prefetch_count + len(self._eta))
+        self._qos = QoS(self._consumer.qos, self.prefetch_count + len(self._held))
         self._qos.update()
         self._consumer.consume()
+        if conf.worker_enable_remote_control:
+            node = mailbox_for(self.app)(connection).Node(self.hostname, state=self, handlers=HANDLERS,
+                                                          channel=connection.channel())
+            node.listen(callback=lambda body, message: self._on_control(node, body, message))
+        self.events = EventDispatcher(self.app, self.hostname, connection=self.app.connection_for_write(),
+                                      groups=None if self.task_events else {'worker'})
         logger.info('Connected to %s', connection.as_uri())
         if first:
+            self.events.send('worker-online', **self._heartbeat_fields())
             logger.info('%s ready.', self.hostname)
             signals.worker_ready.send(sender=self)
+
+    def _on_control(self, node: Any, body: Any, message: Any) -> None:
+        self.clock += 1
+        try:
+            node.handle_message(body, message)
+        except Exception as exc:  # a bad command must never stop the worker
+            logger.error('Remote control command %r failed: %r', body, exc)
 
     def _consume(self, connection: Any) -> None:
         heartbeat_rate = self.app.conf.broker_heartbeat_checkrate
         while self.mode == RUNNING:
             self._drain_completions()
-            self._release_due_etas()
+            self._release_due()
             self._dispatch_reserved()
-            if self._qos is not None:
-                self._qos.update()
+            self._housekeeping()
             wait = self._next_wait()
             if len(self._active) < self.concurrency:
                 try:
@@ -279,10 +361,19 @@ class Worker:
                 self._wait_completion(wait)
                 connection.heartbeat_check(rate=heartbeat_rate)
 
+    def _housekeeping(self) -> None:
+        if self._qos is not None:
+            self._qos.update()
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self.send_heartbeat()
+        if self.autoscale:
+            self._autoscale(now)
+
     def _next_wait(self) -> float:
         wait = 1.0
-        if self._eta:
-            wait = min(wait, max(0.0, self._eta[0][0] - time.time()))
+        if self._held:
+            wait = min(wait, max(0.0, self._held[0][0] - time.time()))
         if self._active:
             # Completions (late acks, freed slots) must not wait behind a long broker poll;
             # a short timeout is cheap: kombu keeps the pending BRPOP / socket read across calls.
@@ -327,56 +418,91 @@ class Worker:
         request = Request(message, fields, task)
         signals.task_received.send(sender=self, request=request)
         logger.info('Task %s[%s] received', request.name, request.id)
-        expires = from_iso(fields.get('expires'))
-        if expires is not None and expires.timestamp() < time.time():
-            self._revoke_expired(request)
-        elif request.eta is not None and request.eta.timestamp() > time.time():
-            heapq.heappush(self._eta, (request.eta.timestamp(), next(self._eta_seq), request))
-            if self._qos is not None:
-                self._qos.increment_eventually()  # a held ETA message must not block new ones
+        if self.events is not None and self.task_events:
+            self.events.send('task-received', uuid=request.id, name=request.name,
+                             args=fields.get('argsrepr') or saferepr(fields['args']),
+                             kwargs=fields.get('kwargsrepr') or saferepr(fields['kwargs']),
+                             root_id=fields.get('root_id'), parent_id=fields.get('parent_id'),
+                             retries=fields.get('retries'), eta=fields.get('eta'), expires=fields.get('expires'))
+        if self._refuse_revoked(request):
+            return
+        if request.eta is not None and request.eta.timestamp() > time.time():
+            self._hold(request, request.eta.timestamp())
         else:
             self._reserved.append(request)
 
-    def _revoke_expired(self, request: Request) -> None:
-        logger.info('Discarding expired task %s[%s] (expired at %s)', request.name, request.id,
-                    request.fields.get('expires'))
+    def _refuse_revoked(self, request: Request) -> bool:
+        """Revoked or expired: record REVOKED, ack, and say so (True); else False."""
+        expires = from_iso(request.fields.get('expires'))
+        expired = expires is not None and expires.timestamp() < time.time()
+        if not expired and request.id not in self.revoked:
+            return False
+        reason = 'expired' if expired else 'revoked'
+        logger.info('Discarding %s task %s[%s]', reason, request.name, request.id)
         ctx = request.context()
         if not (ctx.ignore_result or request.task.ignore_result):
-            request.task.backend.mark_as_revoked(request.id, 'expired', request=ctx)
-        signals.task_revoked.send(sender=request.task, request=ctx, terminated=False, signum=None, expired=True)
+            request.task.backend.mark_as_revoked(request.id, reason, request=ctx)
+        signals.task_revoked.send(sender=request.task, request=ctx, terminated=False, signum=None, expired=expired)
+        if self.events is not None and self.task_events:
+            self.events.send('task-revoked', uuid=request.id, terminated=False, signum=None, expired=expired)
         request.ack()
+        return True
 
-    def _release_due_etas(self) -> None:
+    def _hold(self, request: Request, due: float) -> None:
+        heapq.heappush(self._held, (due, next(self._seq), request))
+        if self._qos is not None:
+            self._qos.increment_eventually()  # a held message must not block new ones
+
+    def _release_due(self) -> None:
         now = time.time()
-        while self._eta and self._eta[0][0] <= now:
-            _, _, request = heapq.heappop(self._eta)
+        while self._held and self._held[0][0] <= now:
+            _, _, request = heapq.heappop(self._held)
             if self._qos is not None:
                 self._qos.decrement_eventually()
-            expires = from_iso(request.fields.get('expires'))
-            if expires is not None and expires.timestamp() < now:
-                self._revoke_expired(request)
-            else:
+            if not self._refuse_revoked(request):
                 self._reserved.append(request)
 
     # --- dispatch and completion ---------------------------------------------------------------
+    def _bucket(self, task: Any) -> TokenBucket | None:
+        name = task.name
+        if name not in self._buckets:
+            rate = 0.0 if self.app.conf.worker_disable_rate_limits else parse_rate(task.rate_limit)
+            self._buckets[name] = TokenBucket(rate, capacity=1) if rate else None
+        return self._buckets[name]
+
     def _dispatch_reserved(self) -> None:
         while self._reserved and len(self._active) < self.concurrency and self.mode == RUNNING:
-            self._dispatch(self._reserved.popleft())
+            request = self._reserved.popleft()
+            bucket = self._bucket(request.task)
+            if bucket is not None and not bucket.can_consume(1):
+                self._hold(request, time.time() + bucket.expected_time(1))
+                continue
+            self._dispatch(request)
 
     def _dispatch(self, request: Request) -> None:
         if not request.acks_late:
             request.ack()
         self._active.add(request)
         request.started = time.monotonic()
+        request.time_start = time.time()
+        if self.events is not None and self.task_events:
+            self.events.send('task-started', uuid=request.id)
         assert self.pool is not None
         put = self._completions.put
+
+        def on_accepted(pid: int) -> None:
+            request.worker_pid = pid
+
         self.pool.apply_async(request.fields, lambda outcome: put((request, outcome)),
-                              time_limit=request.time_limit, soft_time_limit=request.soft_time_limit)
+                              time_limit=request.time_limit, soft_time_limit=request.soft_time_limit,
+                              on_accepted=on_accepted)
 
     def _on_done(self, request: Request, outcome: Any) -> None:
         self._active.discard(request)
         self.processed += 1
+        self.totals[request.fields['name']] += 1
         if isinstance(outcome, Outcome):
+            self._task_event(request, outcome)
             if outcome.state == states.REJECTED:
                 request.reject(requeue=outcome.requeue)
             elif outcome.state == states.FAILURE and not request.task.acks_on_failure_or_timeout:
@@ -385,6 +511,21 @@ class Worker:
                 request.ack()
             return
         self._on_pool_error(request, outcome)
+
+    def _task_event(self, request: Request, outcome: Outcome) -> None:
+        if self.events is None or not self.task_events:
+            return
+        state, uid = outcome.state, request.id
+        if state == states.SUCCESS:
+            self.events.send('task-succeeded', uuid=uid, result=outcome.retval, runtime=outcome.runtime)
+        elif state == states.FAILURE:
+            self.events.send('task-failed', uuid=uid, exception=saferepr(outcome.retval),
+                             traceback=outcome.traceback)
+        elif state == states.RETRY:
+            self.events.send('task-retried', uuid=uid, exception=saferepr(outcome.retval),
+                             traceback=outcome.traceback)
+        elif state == states.REJECTED:
+            self.events.send('task-rejected', uuid=uid, requeue=outcome.requeue)
 
     def _on_pool_error(self, request: Request, exc: BaseException) -> None:
         """The child running ``request`` was killed (time limit, lost, terminated)."""
@@ -401,6 +542,10 @@ class Worker:
         elif isinstance(exc, Terminated):
             logger.error('Task %s[%s] terminated: %r', request.name, request.id, exc)
             task.backend.mark_as_revoked(request.id, 'terminated', request=ctx)
+            signum = abs(exc.args[0]) if exc.args and isinstance(exc.args[0], int) else None
+            signals.task_revoked.send(sender=task, request=ctx, terminated=True, signum=signum, expired=False)
+            if self.events is not None and self.task_events:
+                self.events.send('task-revoked', uuid=request.id, terminated=True, signum=signum, expired=False)
             request.ack()
             return
         else:
@@ -414,17 +559,116 @@ class Worker:
         fail_rest(self.app, ctx, exc, '')
         signals.task_failure.send(sender=task, task_id=request.id, exception=exc, args=ctx.args,
                                   kwargs=ctx.kwargs, traceback=None, einfo=None)
+        if self.events is not None and self.task_events:
+            self.events.send('task-failed', uuid=request.id, exception=saferepr(exc), traceback=None)
         if request.acks_late and not task.acks_on_failure_or_timeout:
             request.reject(requeue=False)
         else:
             request.ack()
 
+    # --- what remote control can do --------------------------------------------------------------
+    def active_requests(self) -> list[Request]:
+        return list(self._active)
+
+    def reserved_requests(self) -> list[Request]:
+        return list(self._reserved)
+
+    def scheduled_requests(self) -> list[Request]:
+        return [r for _, _, r in sorted(self._held) if r.eta is not None]
+
+    def revoke(self, ids: Iterable[str], terminate: bool = False, signum: int | None = None) -> None:
+        """Never run these tasks; with ``terminate``, kill them if running now."""
+        ids = list(ids)
+        self.revoked.update(ids)
+        if terminate and self.pool is not None:
+            wanted = set(ids)
+            for request in list(self._active):
+                if request.id in wanted:
+                    logger.info('Terminating %s[%s] (signal %s)', request.name, request.id, signum)
+                    self.pool.terminate_job(request.worker_pid, signum or signal.SIGTERM)
+        for request in [r for r in self._reserved if r.id in ids]:
+            self._reserved.remove(request)
+            self._refuse_revoked(request)
+
+    def set_rate_limit(self, task_name: str, rate: Any) -> None:
+        per_second = parse_rate(rate)
+        self.app.tasks[task_name].rate_limit = rate
+        self._buckets[task_name] = TokenBucket(per_second, capacity=1) if per_second else None
+
+    def resize_pool(self, delta: int) -> bool:
+        if self.pool is None or self.concurrency + delta < 1 or not self.pool.resize(delta):
+            return False
+        self.concurrency += delta
+        if self._qos is not None and not self.autoscale:
+            self._qos.set(self.prefetch_count + len(self._held))
+        logger.info('Pool now has %d processes', self.concurrency)
+        return True
+
+    def set_autoscale(self, maximum: int, minimum: int) -> None:
+        self.autoscale = (maximum, minimum)
+        if self.concurrency > maximum:
+            self.resize_pool(maximum - self.concurrency)
+        elif self.concurrency < minimum:
+            self.resize_pool(minimum - self.concurrency)
+
+    def _autoscale(self, now: float) -> None:
+        assert self.autoscale is not None
+        maximum, minimum = self.autoscale
+        backlog = len(self._reserved) + len(self._active) - self.concurrency
+        if backlog > 0 and self.concurrency < maximum:
+            self.resize_pool(min(backlog, maximum - self.concurrency))
+        if self._active or self._reserved:
+            self._idle_since = now
+        elif self.concurrency > minimum and now - self._idle_since > 30.0:
+            self.resize_pool(-1)  # one at a time while idle
+            self._idle_since = now
+
+    def add_consumer(self, queue_name: str, exchange: str | None = None, exchange_type: str = 'direct',
+                     routing_key: str | None = None, **options: Any) -> None:
+        self._cancelled_queues.discard(queue_name)
+        if any(q.name == queue_name for q in self.consumed_queues()):
+            if self._consumer is not None and not self._consumer.consuming_from(queue_name):
+                self._start_consuming(self.app.broker.queues[queue_name])
+            return
+        new = Queue(queue_name, Exchange(exchange or queue_name, type=exchange_type),
+                    routing_key=routing_key or queue_name, **options)
+        self._extra_queues.append(new)
+        self._start_consuming(new)
+
+    def _start_consuming(self, queue_: Queue) -> None:
+        if self._consumer is not None:
+            self._consumer.add_queue(queue_)
+            self._consumer.consume()
+        logger.info('Started consuming from %s', queue_.name)
+
+    def cancel_consumer(self, queue_name: str) -> None:
+        self._cancelled_queues.add(queue_name)
+        if self._consumer is not None:
+            self._consumer.cancel_by_queue(queue_name)
+        logger.info('No longer consuming from %s', queue_name)
+
+    def set_task_events(self, enabled: bool) -> None:
+        self.task_events = enabled
+        if self.events is not None:
+            self.events.groups = None if enabled else {'worker'}
+
+    def _heartbeat_fields(self) -> dict[str, Any]:
+        import platform  # noqa: PLC0415
+        return {'freq': HEARTBEAT_FREQ, 'active': len(self._active), 'processed': self.processed,
+                'loadavg': list(os.getloadavg()), 'sw_ident': 'py-taskflow', 'sw_ver': self.version,
+                'sw_sys': platform.system()}
+
+    def send_heartbeat(self) -> None:
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_FREQ
+        if self.events is not None:
+            self.events.send('worker-heartbeat', **self._heartbeat_fields())
+
     # --- shutdown ------------------------------------------------------------------------------
     def _forget_undispatched(self) -> None:
-        """After a lost connection: give back what we hold but have not started."""
-        held = list(self._reserved) + [r for _, _, r in self._eta]
+        """Give back what we hold but have not started (after a lost connection, at shutdown)."""
+        held = list(self._reserved) + [r for _, _, r in self._held]
         self._reserved.clear()
-        self._eta.clear()
+        self._held.clear()
         for request in held:
             request.reject(requeue=True)
 
@@ -447,7 +691,7 @@ class Worker:
         signal.signal(signal.SIGQUIT, cold)
 
     def stop(self, warm: bool = True) -> None:
-        """Ask the worker to stop (from another thread or a signal handler)."""
+        """Ask the worker to stop (from another thread, a signal handler or remote control)."""
         self.mode = WARM if warm and self.mode == RUNNING else COLD
 
     def _wind_down(self, connection: Any) -> None:
@@ -458,7 +702,6 @@ class Worker:
                 self._consumer.cancel()
             except Exception:
                 pass
-        # Reserved and ETA messages were never started: they go back to the queue now.
         self._forget_undispatched()
         if self._active and self.mode != COLD:
             logger.info('Waiting for %d running task(s) to finish...', len(self._active))
@@ -470,6 +713,8 @@ class Worker:
                 except Exception:
                     connection = None
         self._drain_completions()
+        if self.events is not None:
+            self.events.send('worker-offline', **self._heartbeat_fields())
 
     def _shutdown(self) -> None:
         signals.worker_shutting_down.send(sender=self.hostname, sig='', how=self.mode, exitcode=self.exitcode)
@@ -478,5 +723,6 @@ class Worker:
                 self.pool.terminate()
             else:
                 self.pool.stop()
+        self.revoked.save()
         signals.worker_shutdown.send(sender=self)
         logger.info('%s stopped (%d task(s) processed)', self.hostname, self.processed)
