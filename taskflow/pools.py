@@ -127,6 +127,7 @@ class PreforkPool(Pool):
         from billiard.pool import Pool as BilliardPool  # noqa: PLC0415
         self._pool = BilliardPool(processes=self.limit, initializer=_process_init,
                                   initargs=(self.app, self.hostname), threads=True,
+                                  enable_timeouts=True,  # per-task limits need billiard's timeout thread
                                   **{k: v for k, v in self.options.items() if v})
 
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
@@ -136,7 +137,7 @@ class PreforkPool(Pool):
         # ended the child (TimeLimitExceeded, WorkerLostError, Terminated).
         return self._pool.apply_async(
             trace_from_message, (fields,), callback=on_done,
-            error_callback=lambda einfo: on_done(getattr(einfo, 'exception', einfo)),
+            error_callback=lambda einfo: on_done(_unwrap(einfo)),
             accept_callback=(lambda pid, _accepted_at: on_accepted(pid)) if on_accepted else None,
             timeout=time_limit, soft_timeout=soft_time_limit)
 
@@ -168,6 +169,12 @@ class PreforkPool(Pool):
 
     def processes(self) -> list[int]:
         return [p.pid for p in getattr(self._pool, '_pool', [])]
+
+
+def _unwrap(einfo: Any) -> BaseException:
+    """billiard reports errors as ``ExceptionInfo``, sometimes around ``ExceptionWithTraceback``."""
+    exc = getattr(einfo, 'exception', einfo)
+    return getattr(exc, 'exc', exc)
 
 
 POOLS = {'prefork': PreforkPool, 'processes': PreforkPool, 'threads': ThreadPool, 'solo': SoloPool}

@@ -153,7 +153,7 @@ def start_worker(broker: str, queue_name: str, tmp_path: Path) -> Iterator[Calla
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
               queue: str | None = None) -> WorkerProcess:
-        full_env = dict(os.environ, **broker_env(broker, queue or queue_name), **(env or {}))
+        full_env = {**os.environ, **broker_env(broker, queue or queue_name), **(env or {})}  # env wins
         full_env['PYTHONPATH'] = str(ROOT) + os.pathsep + full_env.get('PYTHONPATH', '')
         cmd = [*TASKFLOW, '-A', 't.integration.tasks', 'worker', '-l', 'INFO', '-c', '2',
                '-n', f'tf-{uuid.uuid4().hex[:6]}@%h', *args]

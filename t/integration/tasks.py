@@ -113,9 +113,10 @@ def on_error_record(request, exc, traceback, path: str = '') -> None:  # noqa: A
 
 # --- tasks for test_calling.py / test_worker.py -----------------------------------------------
 @app.task
-def record_value(value, path: str) -> None:
+def record_value(value, *, path: str) -> None:
     """Append ``repr(value)`` to ``path``: a link callback (value = the parent's return value) or
-    an old-style errback (value = the failed task's id)."""
+    an old-style errback (value = the failed task's id; one positional parameter, as Celery
+    requires of old-style errbacks)."""
     with open(path, 'a') as fh:
         fh.write(f'{value!r}\n')
 
@@ -162,3 +163,11 @@ def retry_record(self, path: str) -> int:
     with open(path, 'a') as fh:
         fh.write(f'{self.request.retries}\n')
     raise self.retry(exc=KeyError(f'attempt {self.request.retries}'))
+
+
+@app.task
+def span(seconds: float) -> list:
+    """Sleep; return ``[start, end, pid]`` (wall-clock times) so tests can see what overlapped."""
+    start = time.time()
+    time.sleep(seconds)
+    return [start, time.time(), os.getpid()]
