@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 import uuid
 from datetime import datetime, timezone as dt_timezone
 from functools import cached_property
@@ -65,6 +66,8 @@ class Taskflow:
         self.tasks = TaskRegistry()
         self.broker = Broker(self)
         self._autodiscover: list[tuple[Any, str]] = []
+        self._events_lock = threading.Lock()
+        self._sent_events: Any = None
         if task_cls is not None:
             self.Task = task_cls if isinstance(task_cls, type) else _import_attr(task_cls)
         if config_source is not None:
@@ -238,10 +241,25 @@ class Taskflow:
         if producer is None and connection is not None:
             producer = connection.Producer()
         self.broker.publish_task(name, msg_headers, properties, body, producer=producer, **options)
+        if self.conf.task_send_sent_event:
+            self._send_sent_event(msg_headers, options)
         result = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
         if add_to_parent and parent is not None and parent.request.id:
             parent.request.children.append(result)
         return result
+
+    def _send_sent_event(self, headers: dict[str, Any], options: dict[str, Any]) -> None:
+        queue = options.get('queue')
+        with self._events_lock:
+            if self._sent_events is None:
+                from .events import EventDispatcher  # noqa: PLC0415 - only with task_send_sent_event
+                self._sent_events = EventDispatcher(self)
+            self._sent_events.send(
+                'task-sent', uuid=headers['id'], root_id=headers['root_id'], parent_id=headers['parent_id'],
+                name=headers['task'], args=headers['argsrepr'], kwargs=headers['kwargsrepr'],
+                retries=headers['retries'], eta=headers['eta'], expires=headers['expires'],
+                queue=getattr(queue, 'name', queue), exchange=options.get('exchange') or '',
+                routing_key=options.get('routing_key') or getattr(queue, 'routing_key', None))
 
     def _expiration_seconds(self, task_id: str, expires: Any) -> float:
         if isinstance(expires, (int, float)):
