@@ -63,7 +63,9 @@ def _autoretry(task: Any, exc: BaseException) -> None:
 
 
 def _send_children(task: Any, request: Context, retval: Any) -> None:
-    """Send link callbacks and the next chain step with ``retval`` as their first argument."""
+    """Send link callbacks and the next chain step with ``retval`` as their first argument.
+
+    ``send_task`` records each in ``request.children`` (this task is the current one)."""
     app = task.app
     options = {'parent_id': request.id, 'root_id': request.root_id or request.id}
     priority = (request.delivery_info or {}).get('priority')
@@ -71,11 +73,11 @@ def _send_children(task: Any, request: Context, retval: Any) -> None:
         options['priority'] = priority
     for callback in request.callbacks or ():
         sig = maybe_signature(callback, app=app)
-        request.children.append(sig.apply_async((retval,), **options))
+        sig.apply_async((retval,), **options)
     chain = request.chain
     if chain:
         next_step = maybe_signature(chain[-1], app=app)
-        request.children.append(next_step.apply_async((retval,), chain=chain[:-1] or None, **options))
+        next_step.apply_async((retval,), chain=chain[:-1] or None, **options)
 
 
 def fail_rest(app: Any, request: Context, exc: BaseException, traceback: str) -> None:

@@ -1,0 +1,53 @@
+# taskflow: `make demo` runs the quickstart against a real worker; `make test` runs the suite.
+# Both create .venv (python3 -m venv) when it is missing, and (re)install taskflow into it with
+# its dev extras when the venv is new or pyproject.toml changed.
+# Another interpreter or venv path: `make test PYTHON=python3.12 VENV=/tmp/venv`.
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+REDIS_HOST ?= 127.0.0.1
+REDIS_PORT ?= 6379
+# seconds to wait for a Redis we started to answer
+REDIS_WAIT ?= 20
+
+.PHONY: help venv redis demo test
+
+help:
+	@echo "make demo   set up .venv, start Redis if needed, run examples/quickstart against a real worker"
+	@echo "make test   set up .venv, run the unit and integration tests (needs Redis and RabbitMQ)"
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# (Re)install when the venv is new or pyproject.toml changed since the last install.
+$(VENV)/.installed: pyproject.toml | $(VPY)
+	$(VPY) -m pip install -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Start a local Redis when none answers; wait for it with a deadline.
+redis:
+	@if redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG; then \
+		echo "Redis is running on $(REDIS_HOST):$(REDIS_PORT)"; \
+	else \
+		command -v redis-server >/dev/null || { echo "error: redis-server is not installed (Debian: apt-get install redis-server)" >&2; exit 1; }; \
+		echo "Starting Redis on $(REDIS_HOST):$(REDIS_PORT)"; \
+		redis-server --daemonize yes --bind $(REDIS_HOST) -::1 --port $(REDIS_PORT) --save "" --appendonly no >/dev/null || exit 1; \
+		deadline=$$(( $$(date +%s) + $(REDIS_WAIT) )); \
+		until redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG; do \
+			if [ $$(date +%s) -ge $$deadline ]; then echo "error: Redis did not answer within $(REDIS_WAIT)s" >&2; exit 1; fi; \
+			sleep 0.2; \
+		done; \
+		echo "Redis is up"; \
+	fi
+
+demo: venv redis
+	$(VPY) examples/quickstart/run_demo.py
+
+# pytest exits 5 when it collected no tests: that is a failure too (any non-zero status is).
+test: venv
+	@status=0; $(VENV)/bin/pytest t/unit t/integration || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
+	exit $$status

@@ -1,0 +1,1 @@
+"""The quickstart project: ``proj.tasks`` holds the app and its tasks."""
