@@ -1,8 +1,7 @@
 """taskflow: a distributed task queue, API- and wire-compatible with Celery 5."""
 from __future__ import annotations
 
-__version__ = '0.1.0'
-
+from ._version import __version__
 from . import states  # noqa: E402
 from ._state import current_app, current_task  # noqa: E402
 from .app import Taskflow  # noqa: E402

@@ -13,12 +13,15 @@ import uuid
 from datetime import datetime, timezone as dt_timezone
 from functools import cached_property
 from typing import Any, Callable, Iterable
+from zoneinfo import ZoneInfo
 
 from . import _state, signals
 from .backends import by_url
 from .broker import Broker
 from .canvas import register_builtin_tasks
 from .config import Settings
+from .control import Control
+from .events import EventDispatcher
 from .exceptions import ImproperlyConfigured, NotRegistered
 from .protocol import task_message, from_iso, utcnow
 from .result import AsyncResult, GroupResult
@@ -111,7 +114,6 @@ class Taskflow:
     def timezone(self) -> Any:
         if not self.conf.timezone:
             return dt_timezone.utc
-        from zoneinfo import ZoneInfo  # noqa: PLC0415
         return ZoneInfo(self.conf.timezone)
 
     def now(self) -> datetime:
@@ -252,7 +254,6 @@ class Taskflow:
         queue = options.get('queue')
         with self._events_lock:
             if self._sent_events is None:
-                from .events import EventDispatcher  # noqa: PLC0415 - only with task_send_sent_event
                 self._sent_events = EventDispatcher(self)
             self._sent_events.send(
                 'task-sent', uuid=headers['id'], root_id=headers['root_id'], parent_id=headers['parent_id'],
@@ -276,8 +277,48 @@ class Taskflow:
     @cached_property
     def control(self) -> Any:
         """Remote control of workers: ``app.control.revoke(id)``, ``app.control.inspect().active()``."""
-        from .control import Control  # noqa: PLC0415 - same layer, made on first use
         return Control(self)
+
+    # --- periodic tasks (beat) -----------------------------------------------------------------
+    @cached_property
+    def on_after_configure(self) -> signals.Signal:
+        """Sent once by beat, before it reads the schedule, as ``receiver(sender=app,
+        source=app.conf)``: the place to call ``sender.add_periodic_task(...)``."""
+        return signals.Signal('app.on_after_configure')
+
+    @cached_property
+    def on_after_finalize(self) -> signals.Signal:
+        """Sent once by beat, right after ``on_after_configure``, as ``receiver(sender=app)``."""
+        return signals.Signal('app.on_after_finalize')
+
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (), kwargs: Any = (),
+                          name: str | None = None, **opts: Any) -> str:
+        """Add a beat entry to ``conf.beat_schedule``: run signature ``sig`` (or a task, or a task
+        name) on ``schedule`` (seconds, ``timedelta``, ``crontab``, ``solar``). ``args`` and
+        ``kwargs`` are merged into the signature's; ``opts`` are sending options (``queue``,
+        ``expires``, ...; ``relative=True`` goes to the schedule). The entry is keyed by ``name``,
+        by default the signature's repr, so adding the same call twice keeps one entry.
+        Returns the key."""
+        relative = bool(opts.pop('relative', False))
+        options = dict(opts.pop('options', None) or {}, **opts)
+        if hasattr(sig, 'clone'):
+            sig = sig.clone(tuple(args or ()), dict(kwargs or {}))
+            task_name, call_args, call_kwargs = sig['task'], tuple(sig['args']), dict(sig['kwargs'])
+            options = dict(sig['options'], **options)
+            key = name or repr(sig)
+        else:
+            task_name = sig if isinstance(sig, str) else sig.name
+            call_args, call_kwargs = tuple(args or ()), dict(kwargs or {})
+            shown = [repr(a) for a in call_args] + [f'{k}={v!r}' for k, v in call_kwargs.items()]
+            key = name or f'{task_name}({", ".join(shown)})'  # a signature's repr
+        entry: dict[str, Any] = {'task': task_name, 'schedule': schedule, 'args': call_args,
+                                 'kwargs': call_kwargs, 'options': options}
+        if relative:
+            entry['relative'] = True
+        beat_schedule = dict(self.conf.beat_schedule or {})  # never mutate the shared default
+        beat_schedule[key] = entry
+        self.conf.beat_schedule = beat_schedule
+        return key
 
     # --- results ------------------------------------------------------------------------------
     @cached_property

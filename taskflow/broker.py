@@ -15,6 +15,9 @@ import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 from kombu import Connection, Consumer, Exchange, Queue
+from kombu.pools import ProducerPool
+
+from . import transports  # noqa: F401 - registers the sqlite:// transport with kombu
 
 from . import signals
 from .config import _import_object
@@ -51,8 +54,9 @@ class Queues(dict):
         self.max_priority = conf.task_queue_max_priority
         self.default_name = conf.task_default_queue
         configured = conf.task_queues
-        if isinstance(configured, Mapping):
-            configured = [Queue(name, **opts) for name, opts in configured.items()]
+        if isinstance(configured, Mapping):  # {name: Queue or {exchange, exchange_type, routing_key, ...}}
+            configured = [opts if isinstance(opts, Queue) else self._from_options(name, dict(opts))
+                          for name, opts in configured.items()]
         if configured:
             for queue in configured:
                 self.add(queue)
@@ -62,6 +66,14 @@ class Queues(dict):
             self.add(Queue(self.default_name, exchange,
                            routing_key=conf.task_default_routing_key or self.default_name,
                            queue_arguments=self._arguments(conf.task_default_queue_type)))
+
+    def _from_options(self, name: str, options: dict[str, Any]) -> Queue:
+        exchange = options.pop('exchange', None) or name
+        exchange_type = options.pop('exchange_type', None) or self.conf.task_default_exchange_type
+        if not isinstance(exchange, Exchange):
+            exchange = Exchange(exchange, type=exchange_type)
+        options.setdefault('routing_key', name)
+        return Queue(name, exchange, **options)
 
     def _arguments(self, queue_type: str | None) -> dict[str, Any] | None:
         args: dict[str, Any] = {}
@@ -213,7 +225,6 @@ class Broker:
     @property
     def producer_pool(self) -> Any:
         if self._producer_pool is None:
-            from kombu.pools import ProducerPool  # noqa: PLC0415
             self._producer_pool = ProducerPool(self.pool, limit=self.pool.limit)
         return self._producer_pool
 
@@ -230,19 +241,21 @@ class Broker:
         if queue is not None:
             if declare is None:
                 declare = [queue]
-            if not exchange_name and not routing_key and queue.exchange.type == 'direct':
-                exchange_name, routing_key = '', queue.name  # the default exchange, as Celery does
-            else:
-                exchange_name = queue.exchange.name if exchange_name is None else exchange_name
-                routing_key = queue.routing_key if routing_key is None else routing_key
+            kind = exchange.type if isinstance(exchange, Exchange) else queue.exchange.type
+            if (not exchange_name or not routing_key) and kind == 'direct':
+                # Direct routing without both an exchange and a key: the default exchange with
+                # the queue's name reaches the queue whatever its bindings (Celery's rule).
+                exchange_name, routing_key = '', queue.name
+            elif exchange_name is None:
+                exchange_name = queue.exchange.name
+                routing_key = routing_key or queue.routing_key
         if delivery_mode is None:
             delivery_mode = getattr(queue.exchange, 'delivery_mode', None) if queue is not None else None
             delivery_mode = delivery_mode or conf.task_default_delivery_mode
         delivery_mode = _DELIVERY_MODES.get(delivery_mode, delivery_mode)
         if retry is None:
             retry = conf.task_publish_retry
-        if retry_policy is None:
-            retry_policy = conf.task_publish_retry_policy
+        retry_policy = dict(conf.task_publish_retry_policy, **(retry_policy or {}))
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(
                 sender=name, body=body, exchange=exchange_name, routing_key=routing_key,

@@ -24,8 +24,9 @@ import uuid
 from typing import Any, Iterable, Iterator
 
 from . import _state, states
-from .exceptions import ChordError
+from .exceptions import ChordError, NotRegistered
 from .protocol import Context
+from .result import AsyncResult, GroupResult, result_from_tuple
 
 __all__ = ['Signature', 'signature', 'maybe_signature', 'subtask', 'chain', 'group', 'chord',
            'chunks', 'xmap', 'xstarmap', 'register_builtin_tasks', 'on_chord_part_return']
@@ -130,7 +131,6 @@ class Signature(dict):
         args, kwargs, options = self._merge(args, kwargs, options)
         task = self.type
         if task is None:
-            from .exceptions import NotRegistered  # noqa: PLC0415
             raise NotRegistered(self['task'])
         return task.apply(args, kwargs, **options)
 
@@ -172,7 +172,6 @@ class Signature(dict):
         return self.AsyncResult(opts['task_id'])
 
     def AsyncResult(self, task_id: str) -> Any:
-        from .result import AsyncResult  # noqa: PLC0415 - result is a lower layer; kept local for clarity
         return AsyncResult(task_id, app=self.app, task_name=self['task'])
 
     def _append_option(self, key: str, sig: Any) -> Any:
@@ -270,6 +269,22 @@ def _member_options(options: dict[str, Any]) -> dict[str, Any]:
 
 class _Composite(Signature):
     """chain, group and chord: ``kwargs`` holds their parts, so call arguments are kept apart."""
+
+    @property
+    def app(self) -> Any:
+        """The app given, else the app of the parts (as Celery does), else the current one."""
+        if self._app is not None:
+            return self._app
+        for part in self._parts():
+            app = getattr(part, '_app', None) or getattr(getattr(part, '_type', None), 'app', None)
+            if app is None and isinstance(part, _Composite):
+                app = part.app
+            if app is not None:
+                return app
+        return _state.get_current_app()
+
+    def _parts(self) -> list[Signature]:
+        return list(self['kwargs'].get('tasks') or ())
 
     def _merge(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                options: dict[str, Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
@@ -392,14 +407,15 @@ class chain(_Composite, subtask_type='chain'):
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:
         """Run every step here, in order."""
+        args, kwargs, options = self._merge(args, kwargs, options)
         last = None
         call_args: tuple[Any, ...] = tuple(args or ())
         call_kwargs = dict(kwargs or {})
         for step in self._steps():
             result = step.clone(call_args, call_kwargs).apply(**_member_options(options))
-            result.parent = last
+            _set_root_parent(result, last)
             last = result
-            if result.state in states.PROPAGATE_STATES:
+            if result.failed():
                 break
             call_args, call_kwargs = (result.get(disable_sync_subtasks=False),), {}
         return last
@@ -462,7 +478,6 @@ class group(_Composite, subtask_type='group'):
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None, group_index: int | None = None) -> Any:
         """Fix the group id (``_id``) and every member's id; returns the ``GroupResult``."""
-        from .result import GroupResult  # noqa: PLC0415 - result is L2, imported lazily for speed of import
         gid = _id or self['options'].get('task_id') or _uuid()
         self['options']['task_id'] = gid
         results = [task.freeze(group_id=gid, chord=chord, root_id=root_id, parent_id=parent_id, group_index=i)
@@ -497,9 +512,9 @@ class group(_Composite, subtask_type='group'):
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:
-        from .result import GroupResult  # noqa: PLC0415
+        args, kwargs, options = self._merge(args, kwargs, options)
         gid = options.pop('task_id', None) or self['options'].get('task_id') or _uuid()
-        results = [task.clone(tuple(args or ()), dict(kwargs or {})).apply(
+        results = [task.clone(args, kwargs).apply(
             group_id=gid, group_index=i, **_member_options(options)) for i, task in enumerate(self.tasks)]
         return GroupResult(gid, results, app=self.app)
 
@@ -546,6 +561,10 @@ class chord(_Composite, subtask_type='chord'):
     @property
     def tasks(self) -> list[Signature]:
         return self.header.tasks
+
+    def _parts(self) -> list[Signature]:
+        body = self['kwargs'].get('body')
+        return [*(self.tasks), *([body] if body is not None else [])]
 
     @property
     def body(self) -> Signature | None:
@@ -647,6 +666,7 @@ class chord(_Composite, subtask_type='chord'):
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:
+        args, kwargs, options = self._merge(args, kwargs, options)
         header_result = self.header.apply(args, kwargs)
         values = header_result.join(propagate=True, disable_sync_subtasks=False)
         body = self.body
@@ -831,7 +851,6 @@ def register_builtin_tasks(app: Any) -> None:
 
     def unlock_chord(self: Any, group_id: str, callback: Any, interval: float | None = None,
                      max_retries: int | None = None, result: Any = None, **kwargs: Any) -> None:
-        from .result import GroupResult, result_from_tuple  # noqa: PLC0415
         interval = app.conf.result_chord_retry_interval if interval is None else interval
         deps = GroupResult(group_id, [result_from_tuple(r, app) for r in result or ()], app=app)
         try:
@@ -859,7 +878,6 @@ def register_builtin_tasks(app: Any) -> None:
         sig = maybe_signature(sig, app=app)
         found = sig.type
         if found is None:
-            from .exceptions import NotRegistered  # noqa: PLC0415
             raise NotRegistered(sig['task'])
         return found
 

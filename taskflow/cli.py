@@ -14,9 +14,13 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .app import Taskflow
+from .events import EventReceiver
 from .exceptions import AppLoadError, ImproperlyConfigured
+from .exceptions import TimeoutError as ResultTimeout
+from .log import setup_logging
+from .worker import Worker
 
 __all__ = ['main', 'cli', 'load_app']
 
@@ -153,16 +157,20 @@ def _load_json(value: str | None, what: str, kind: type) -> Any:
 @click.option('--without-gossip', is_flag=True, help='Accepted for Celery compatibility (there is no gossip).')
 @click.option('--without-mingle', is_flag=True, help='Accepted for Celery compatibility (there is no mingle).')
 @click.option('--without-heartbeat', is_flag=True, help='Accepted for Celery compatibility.')
+# -B: run beat in this worker (EmbeddedBeat, a thread), with its -s/-S options
+@click.option('-B', '--beat', 'embed_beat', is_flag=True, help='Also run beat (periodic tasks) in this worker.')
+@click.option('-s', '--schedule', 'beat_schedule_file', type=click.Path(dir_okay=False),
+              help='With -B: file for the beat run state (default: beat_schedule_filename).')
+@click.option('-S', '--scheduler', 'beat_scheduler', help='With -B: scheduler class, module:Class.')
 @click.pass_obj
 def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: str | None,
            queues: str | None, exclude_queues: str | None, hostname: str | None, loglevel: str,
            logfile: str | None, pidfile: str | None, prefetch_multiplier: int | None,
            max_tasks_per_child: int | None, max_memory_per_child: int | None, time_limit: float | None,
            soft_time_limit: float | None, task_events: bool | None, statedb: str | None,
-           autoscale: str | None, **ignored: Any) -> None:
+           autoscale: str | None, embed_beat: bool = False, beat_schedule_file: str | None = None,
+           beat_scheduler: str | None = None, **ignored: Any) -> None:
     """Start a worker."""
-    from .log import setup_logging  # noqa: PLC0415
-    from .worker import Worker  # noqa: PLC0415
     app = obj.app(app_path)
     try:
         setup_logging(loglevel, logfile, app.conf.worker_log_format, app.conf.worker_task_log_format,
@@ -179,14 +187,28 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
     except (ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     release = _take_pidfile(pidfile) if pidfile else None
+    embedded = _start_embedded_beat(app, beat_schedule_file, beat_scheduler) if embed_beat else None
     try:
         code = instance.start()
     except ImproperlyConfigured as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if embedded is not None:
+            embedded.stop()
+            embedded.join(timeout=10)
         if release:
             release()
     sys.exit(code)
+
+
+def _start_embedded_beat(app: Taskflow, schedule_file: str | None, scheduler: str | None) -> Any:
+    """``worker -B``: beat in a thread; it starts sending once the worker is ready."""
+    try:
+        embedded = EmbeddedBeat(app, scheduler_cls=scheduler, schedule_filename=schedule_file, wait_for_worker=True)
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(str(exc)) from None
+    embedded.start()
+    return embedded
 
 
 def _parse_autoscale(value: str | None) -> tuple[int, int] | None:
@@ -275,7 +297,6 @@ def call(obj: _Context, app_path: str | None, name: str, args: str | None, kwarg
 def result(obj: _Context, app_path: str | None, task_id: str, task_name: str | None, traceback: bool,
            timeout: float | None) -> None:
     """Wait for the result of TASK_ID and print it."""
-    from .exceptions import TimeoutError as ResultTimeout  # noqa: PLC0415
     app = obj.app(app_path)
     handle = app.AsyncResult(task_id, task_name=task_name)
     try:
@@ -435,7 +456,6 @@ def status(obj: _Context, app_path: str | None, timeout: float) -> None:
 @click.pass_obj
 def events(obj: _Context, app_path: str | None, dump: bool, timeout: float | None, limit: int | None) -> None:
     """Watch the events workers send (start them with -E for task events)."""
-    from .events import EventReceiver  # noqa: PLC0415
     app = obj.app(app_path)
 
     def show(event: dict[str, Any]) -> None:
@@ -448,3 +468,47 @@ def events(obj: _Context, app_path: str | None, dump: bool, timeout: float | Non
         EventReceiver(app, {'*': show}).capture(limit=limit, timeout=timeout)
     except KeyboardInterrupt:
         pass
+
+
+# --- beat ---------------------------------------------------------------------------------------
+# Imported here, with the section it serves (beat is L8, below the CLI; `worker -B` uses
+# EmbeddedBeat from the function above, resolved at call time).
+from .beat import Beat, EmbeddedBeat  # noqa: E402
+
+
+@cli.command()
+@app_option
+@click.option('-s', '--schedule', 'schedule_file', type=click.Path(dir_okay=False),
+              help='File for the run state of the schedule (default: beat_schedule_filename).')
+@click.option('-S', '--scheduler', help='Scheduler class, module:Class (default: beat_scheduler).')
+@click.option('--max-interval', type=float, help='Longest sleep between checks, seconds (default: 300).')
+@click.option('-l', '--loglevel', default='WARNING', show_default=True, help='DEBUG, INFO, WARNING, ERROR, CRITICAL.')
+@click.option('-f', '--logfile', type=click.Path(dir_okay=False), help='Log to this file.')
+@click.option('--pidfile', type=click.Path(dir_okay=False), help='Write the pid here; refuse to start if it is held.')
+@click.pass_obj
+def beat(obj: _Context, app_path: str | None, schedule_file: str | None, scheduler: str | None,
+         max_interval: float | None, loglevel: str, logfile: str | None, pidfile: str | None) -> None:
+    """Send periodic tasks (beat_schedule) when they fall due.
+
+    With a Redis broker or backend, beats of one app elect a leader: start two for fail-over.
+    Without Redis run exactly one."""
+    app = obj.app(app_path)
+    try:
+        setup_logging(loglevel, logfile, app.conf.worker_log_format, hijack_root=app.conf.worker_hijack_root_logger)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint='--loglevel') from None
+    try:
+        service = Beat(app, max_interval=max_interval, scheduler_cls=scheduler, schedule_filename=schedule_file)
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(str(exc)) from None
+    release = _take_pidfile(pidfile) if pidfile else None
+    click.echo(f'taskflow {__version__} beat: app {app.main or "__main__"}, '
+               f'scheduler {service.scheduler_cls.__module__}:{service.scheduler_cls.__name__}')
+    service.install_signal_handlers()
+    try:
+        service.run()
+    except ImproperlyConfigured as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if release:
+            release()

@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Option] = {
     'redis_username': _o(None, 'str', 'Redis user (ACL).'),
     'redis_password': _o(None, 'str', 'Redis password.'),
     # --- SQL result backend
-    'database_engine_options': _o({}, 'dict', 'Extra keyword arguments for sqlalchemy.create_engine.'),
+    'database_engine_options': _o({'pool_pre_ping': True, 'pool_recycle': 3600}, 'dict', 'Extra keyword arguments for sqlalchemy.create_engine.'),
     'database_short_lived_sessions': _o(False, 'bool', 'Open a new session per operation.'),
     'database_table_names': _o({}, 'dict', "Table names: {'task': 'celery_taskmeta', 'group': 'celery_tasksetmeta'}."),
     'database_table_schemas': _o({}, 'dict', 'Schemas of the result tables.'),
@@ -128,14 +128,12 @@ DEFAULTS: dict[str, Option] = {
     'task_create_missing_queue_type': _o('classic', 'str', 'Type of queues created that way.'),
     'task_create_missing_queue_exchange_type': _o(None, 'str', 'Exchange type of queues created that way.'),
     'task_publish_retry': _o(True, 'bool', 'Retry publishing when the broker connection fails.'),
-    'task_publish_retry_policy': _o({'max_retries': 3, 'interval_start': 0, 'interval_step': 0.2, 'interval_max': 0.2},
+    'task_publish_retry_policy': _o({'max_retries': 3, 'interval_start': 0, 'interval_step': 0.2, 'interval_max': 1},
                                     'dict', 'kombu retry policy for publishing.'),
     'task_send_sent_event': _o(False, 'bool', 'Send a task-sent event for every published task.'),
     'task_annotations': _o(None, 'any', 'Override task attributes by name ({name: {attr: value}}).'),
     'task_remote_tracebacks': _o(False, 'bool', 'Show the remote traceback when a failure is re-raised.'),
     'task_allow_error_cb_on_chord_header': _o(False, 'bool', 'A chord errback also runs for header failures.'),
-    'task_default_retry_delay': _o(180, 'float', 'Seconds before a retry when the task does not say (Task.default_retry_delay).'),
-    'task_max_retries': _o(3, 'int', 'Retries allowed when the task does not say (Task.max_retries).'),
     # --- worker
     'worker_concurrency': _o(None, 'int', 'Pool size (the number of CPUs when unset).'),
     'worker_pool': _o('prefork', 'str', 'Pool: prefork, threads or solo.'),
@@ -171,7 +169,7 @@ DEFAULTS: dict[str, Option] = {
     'event_queue_expires': _o(60.0, 'float', 'Expiry of idle event receiver queues.'),
     'event_queue_prefix': _o('celeryev', 'str', 'Prefix of event receiver queue names.'),
     'event_queue_durable': _o(False, 'bool', 'Durable event queues.'),
-    'event_queue_exclusive': _o(False, 'bool', 'Exclusive event queues.'),
+    'event_queue_exclusive': _o(True, 'bool', 'Exclusive event queues.'),
     'event_serializer': _o('json', 'str', 'Serializer of events.'),
     'event_exchange': _o('celeryev', 'str', 'Exchange events are sent to.'),
     # --- remote control
@@ -179,7 +177,7 @@ DEFAULTS: dict[str, Option] = {
     'control_queue_expires': _o(10.0, 'float', 'Expiry of idle control queues.'),
     'control_exchange': _o('celery', 'str', 'Name the pidbox exchanges are derived from.'),
     'control_queue_durable': _o(False, 'bool', 'Durable control queues.'),
-    'control_queue_exclusive': _o(False, 'bool', 'Exclusive control queues.'),
+    'control_queue_exclusive': _o(True, 'bool', 'Exclusive control queues.'),
     # --- beat
     'beat_schedule': _o({}, 'dict', 'Periodic tasks: {name: {task, schedule, args, kwargs, options, relative}}.'),
     'beat_scheduler': _o('taskflow.beat:PersistentScheduler', 'str', 'Scheduler class (module:Class).'),
@@ -191,6 +189,42 @@ DEFAULTS: dict[str, Option] = {
 
 # Settings that hold mutable defaults: each Settings gets its own copy.
 _MUTABLE = (dict, list)
+
+#: Celery 3-style upper-case setting names Celery 5 still reads, and their new names.
+OLD_NAMES = {
+    'BROKER_URL': 'broker_url', 'BROKER_TRANSPORT': 'broker_transport',
+    'BROKER_TRANSPORT_OPTIONS': 'broker_transport_options', 'BROKER_POOL_LIMIT': 'broker_pool_limit',
+    'BROKER_CONNECTION_RETRY': 'broker_connection_retry', 'BROKER_CONNECTION_TIMEOUT': 'broker_connection_timeout',
+    'BROKER_CONNECTION_MAX_RETRIES': 'broker_connection_max_retries', 'BROKER_HEARTBEAT': 'broker_heartbeat',
+    'BROKER_USE_SSL': 'broker_use_ssl', 'BROKER_LOGIN_METHOD': 'broker_login_method',
+    'CELERY_RESULT_BACKEND': 'result_backend', 'CELERY_RESULT_SERIALIZER': 'result_serializer',
+    'CELERY_TASK_RESULT_EXPIRES': 'result_expires', 'CELERY_RESULT_EXPIRES': 'result_expires',
+    'CELERY_RESULT_PERSISTENT': 'result_persistent', 'CELERY_RESULT_COMPRESSION': 'result_compression',
+    'CELERY_TASK_SERIALIZER': 'task_serializer', 'CELERY_ACCEPT_CONTENT': 'accept_content',
+    'CELERY_TIMEZONE': 'timezone', 'CELERY_ENABLE_UTC': 'enable_utc', 'CELERY_IMPORTS': 'imports',
+    'CELERY_INCLUDE': 'include', 'CELERY_ALWAYS_EAGER': 'task_always_eager',
+    'CELERY_EAGER_PROPAGATES_EXCEPTIONS': 'task_eager_propagates', 'CELERY_IGNORE_RESULT': 'task_ignore_result',
+    'CELERY_ACKS_LATE': 'task_acks_late', 'CELERY_TRACK_STARTED': 'task_track_started',
+    'CELERY_STORE_ERRORS_EVEN_IF_IGNORED': 'task_store_errors_even_if_ignored',
+    'CELERY_MESSAGE_COMPRESSION': 'task_compression', 'CELERY_ROUTES': 'task_routes', 'CELERY_QUEUES': 'task_queues',
+    'CELERY_DEFAULT_QUEUE': 'task_default_queue', 'CELERY_DEFAULT_EXCHANGE': 'task_default_exchange',
+    'CELERY_DEFAULT_EXCHANGE_TYPE': 'task_default_exchange_type',
+    'CELERY_DEFAULT_ROUTING_KEY': 'task_default_routing_key', 'CELERY_DEFAULT_RATE_LIMIT': 'task_default_rate_limit',
+    'CELERY_DEFAULT_DELIVERY_MODE': 'task_default_delivery_mode', 'CELERY_CREATE_MISSING_QUEUES': 'task_create_missing_queues',
+    'CELERY_ANNOTATIONS': 'task_annotations', 'CELERY_SEND_TASK_SENT_EVENT': 'task_send_sent_event',
+    'CELERY_TASK_PUBLISH_RETRY': 'task_publish_retry', 'CELERY_TASK_PUBLISH_RETRY_POLICY': 'task_publish_retry_policy',
+    'CELERYD_CONCURRENCY': 'worker_concurrency', 'CELERYD_PREFETCH_MULTIPLIER': 'worker_prefetch_multiplier',
+    'CELERYD_MAX_TASKS_PER_CHILD': 'worker_max_tasks_per_child',
+    'CELERYD_MAX_MEMORY_PER_CHILD': 'worker_max_memory_per_child', 'CELERYD_TASK_TIME_LIMIT': 'task_time_limit',
+    'CELERYD_TASK_SOFT_TIME_LIMIT': 'task_soft_time_limit', 'CELERYD_SEND_EVENTS': 'worker_send_task_events',
+    'CELERYD_HIJACK_ROOT_LOGGER': 'worker_hijack_root_logger', 'CELERYD_LOG_FORMAT': 'worker_log_format',
+    'CELERYD_TASK_LOG_FORMAT': 'worker_task_log_format', 'CELERYD_POOL': 'worker_pool',
+    'CELERYD_STATE_DB': 'worker_state_db', 'CELERY_DISABLE_RATE_LIMITS': 'worker_disable_rate_limits',
+    'CELERYBEAT_SCHEDULE': 'beat_schedule', 'CELERYBEAT_SCHEDULER': 'beat_scheduler',
+    'CELERYBEAT_SCHEDULE_FILENAME': 'beat_schedule_filename', 'CELERYBEAT_MAX_LOOP_INTERVAL': 'beat_max_loop_interval',
+    'CELERY_EVENT_SERIALIZER': 'event_serializer', 'CELERY_EVENT_QUEUE_TTL': 'event_queue_ttl',
+    'CELERY_EVENT_QUEUE_EXPIRES': 'event_queue_expires',
+}
 
 _NAMESPACES = ('accept_', 'broker_', 'result_', 'redis_', 'database_', 'task_', 'worker_', 'event_',
                'control_', 'beat_', 'cache_', 'security_')
@@ -222,7 +256,12 @@ def parse_env_value(name: str, raw: str) -> Any:
             if text.startswith('['):
                 return json.loads(text)
             return [part.strip() for part in text.split(',') if part.strip()]
-        if kind in ('dict', 'any') and text[:1] in '{[':
+        if kind == 'dict':
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError('expected a JSON object')
+            return value
+        if kind == 'any' and text[:1] in '{[':
             return json.loads(text)
     except ValueError as exc:
         raise ImproperlyConfigured(f'Environment variable for {name!r}: cannot read {raw!r}: {exc}') from exc
@@ -328,7 +367,9 @@ class Settings(dict):
                     continue
                 name = name[len(prefix):].lower()
             elif not name.islower():
-                continue
+                if name not in OLD_NAMES:
+                    continue
+                name = OLD_NAMES[name]  # a Celery 3-style upper-case name
             if callable(value) and not isinstance(value, (dict, list, tuple)) and name not in DEFAULTS:
                 continue  # functions and classes of a config module are not settings
             if type(value).__name__ == 'module':
@@ -368,6 +409,8 @@ _SECRET_WORDS = ('password', 'secret', 'key', 'token', 'signature')
 
 
 def _censor(key: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _censor(str(k), v) for k, v in value.items()}
     if isinstance(value, str) and '://' in value:
         return mask_url(value)
     if any(word in key.lower() for word in _SECRET_WORDS) and key not in ('task_default_routing_key',):

@@ -11,9 +11,11 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+
+from billiard.pool import Pool as BilliardPool
 from typing import Any, Callable
 
-from . import signals
+from . import _state, signals
 from .tracer import trace_from_message
 
 __all__ = ['Pool', 'SoloPool', 'ThreadPool', 'PreforkPool', 'POOLS']
@@ -103,7 +105,6 @@ def _process_init(app: Any, hostname: str) -> None:
     # shutdown means, so children ignore SIGINT and keep SIGTERM's default.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from . import _state  # noqa: PLC0415
     _state.set_current_app(app)
     signals.worker_process_init.send(sender=None)
 
@@ -124,7 +125,6 @@ class PreforkPool(Pool):
         self._pool: Any = None
 
     def start(self) -> None:
-        from billiard.pool import Pool as BilliardPool  # noqa: PLC0415
         self._pool = BilliardPool(processes=self.limit, initializer=_process_init,
                                   initargs=(self.app, self.hostname), threads=True,
                                   enable_timeouts=True,  # per-task limits need billiard's timeout thread

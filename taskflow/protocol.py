@@ -10,7 +10,7 @@ Wire details: ``shared/reference/CELERY-NOTES.md`` part D. Note ``timelimit`` is
 """
 from __future__ import annotations
 
-import importlib
+import json
 import os
 import reprlib
 import socket
@@ -118,7 +118,9 @@ def saferepr(obj: Any, maxlen: int = 1024) -> str:
         text = _repr.repr(obj)
     except Exception as exc:  # a broken __repr__ must not break publishing
         text = f'<unrepresentable {type(obj).__name__}: {exc!r}>'
-    return text if len(text) <= maxlen else text[: maxlen - 3] + '...'
+    if len(text) <= maxlen:
+        return text
+    return text[: maxlen - 3] + '...' if maxlen >= 3 else text[:maxlen]
 
 
 # --- the task message --------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def task_message(
         'task': name,
         'id': task_id,
         'shadow': shadow,
-        'eta': _as_eta(eta, countdown, current) if (eta is not None or countdown is not None) else None,
+        'eta': _as_eta(eta, countdown or None, current) if (eta is not None or countdown) else None,
         'expires': _as_expires(expires, current) if expires is not None else None,
         'group': group_id,
         'group_index': group_index,
@@ -273,6 +275,7 @@ class Context:
 
     def clear(self) -> None:
         self.__dict__.clear()
+        self.children = []
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
@@ -316,18 +319,24 @@ def exception_to_meta(exc: BaseException) -> dict[str, Any]:
 
 
 def _jsonable_args(args: Sequence[Any]) -> list[Any]:
+    """Exception args as JSON can carry them: as they are when they encode, else their repr."""
     out = []
     for arg in args:
-        out.append(arg if isinstance(arg, (str, int, float, bool, type(None), list, dict)) else saferepr(arg))
+        try:
+            json.dumps(arg)
+        except (TypeError, ValueError):
+            arg = saferepr(arg)
+        out.append(list(arg) if isinstance(arg, tuple) else arg)
     return out
 
 
 def exception_from_meta(meta: Any) -> BaseException:
     """Rebuild an exception from ``{exc_type, exc_message, exc_module}`` (or pass one through).
 
-    The class is looked up in its module (imported if needed, as Celery does) and must be an
-    ``Exception`` subclass: a backend entry naming anything else raises ``SecurityError``. When
-    the class cannot be found a stand-in of the same name and module is made.
+    The class is looked up in its module only if that module is already imported (a stored
+    result must never make us import code) and must be an ``Exception`` subclass: a backend
+    entry naming anything else raises ``SecurityError``. Otherwise a stand-in class of the same
+    name and module is made.
     """
     if isinstance(meta, BaseException):
         return meta
@@ -348,9 +357,8 @@ def exception_from_meta(meta: Any) -> BaseException:
 
 
 def _find_exception_class(module_name: str, qualname: str) -> type[BaseException] | None:
-    try:
-        module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    except Exception:
+    module = sys.modules.get(module_name)
+    if module is None:
         return None
     obj: Any = module
     for part in qualname.split('.'):

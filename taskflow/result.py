@@ -8,8 +8,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from vine import promise
+
 from . import _state, states
-from .exceptions import TimeoutError
+from .exceptions import TaskRevokedError, TimeoutError
+from .protocol import from_iso
 
 __all__ = ['AsyncResult', 'ResultSet', 'GroupResult', 'EagerResult', 'result_from_tuple',
            'assert_will_not_block']
@@ -94,13 +97,11 @@ class AsyncResult:
         exc = meta['result']
         if isinstance(exc, BaseException):
             return exc
-        from .exceptions import TaskRevokedError  # noqa: PLC0415 - rare path
         return TaskRevokedError(meta['status']) if meta['status'] == states.REVOKED else Exception(exc)
 
     def then(self, callback: Callable[..., Any], on_error: Callable[..., Any] | None = None,
              weak: bool = False) -> Any:
         """Call ``callback(self)`` once ready (a vine promise); resolved by ``get()``."""
-        from vine import promise  # noqa: PLC0415 - vine only for this optional API
         self.on_ready = promise(callback, on_error=on_error)
         return self.on_ready
 
@@ -132,7 +133,6 @@ class AsyncResult:
 
     @property
     def date_done(self) -> Any:
-        from .protocol import from_iso  # noqa: PLC0415
         value = self._get_task_meta().get('date_done')
         return from_iso(value) if isinstance(value, str) else value
 
@@ -424,7 +424,8 @@ def result_from_tuple(value: Any, app: Any = None) -> Any:
     if isinstance(value, (AsyncResult, ResultSet)) or value is None:
         return value
     app = app if app is not None else _state.get_current_app()
-    (id_, parent), nodes = value
+    head, nodes = value
+    id_, parent = head if isinstance(head, (list, tuple)) else (head, None)
     parent_result = result_from_tuple(parent, app) if parent else None
     if nodes is not None:
         return GroupResult(id_, [result_from_tuple(child, app) for child in nodes],

@@ -97,6 +97,10 @@ class Task:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for name, value in list(cls.__dict__.items()):
+            # `acks_late = None` on a subclass means "ask the configuration", as on Task itself.
+            if value is None and isinstance(Task.__dict__.get(name), _FromConf):
+                delattr(cls, name)
         cls._request_var = ContextVar(f'request:{cls.__qualname__}', default=None)
         cls._signature_cache = None
 
@@ -211,9 +215,8 @@ class Task:
         request = self.request
         retries = request.retries + 1
         if request.called_directly:
-            if exc is not None:
-                raise exc
-            raise RuntimeError(f'Task {self.name} called directly cannot be retried')
+            # Called as a plain function: nothing to re-send; surface the cause (Celery's behaviour).
+            raise exc if exc is not None else Retry('Task can be retried', None)
         max_retries = self.max_retries if max_retries is None else max_retries
         if max_retries is not None and retries > max_retries:
             if exc is not None:
@@ -349,10 +352,17 @@ def make_task_class(app: Any, fun: Callable[..., Any], base: type[Task], name: s
     """Make the ``Task`` subclass for ``fun`` and return its one instance."""
     run = fun if bind else staticmethod(fun)
     attrs = {'app': app, 'name': name, 'run': run, '_decorated': True, '__doc__': fun.__doc__,
-             '__module__': fun.__module__, '__wrapped__': fun, '__qualname__': fun.__qualname__,
+             '__module__': fun.__module__, '__wrapped__': staticmethod(fun), '__qualname__': fun.__qualname__,
              **options}
     cls = type(fun.__name__, (base,), attrs)
     return cls()
+
+
+class _CurrentApp:
+    """``task.app`` of a shared task: the current app, looked up on each use."""
+
+    def __get__(self, task: Any, owner: type) -> Any:
+        return _state.get_current_app()
 
 
 def shared_task(*args: Any, **options: Any) -> Any:
@@ -368,7 +378,11 @@ def shared_task(*args: Any, **options: Any) -> Any:
             app._task_from_fun(fun, name=name, **task_options)
 
         _state.connect_on_app_finalize(register)
-        return _state.get_current_app().tasks[name]
+        # The object returned follows whichever app is current when it is used (Celery returns a
+        # proxy to current_app.tasks[name]); each app's registry holds its own bound copy.
+        options_for_class = {k: v for k, v in task_options.items() if k not in ('base', 'bind')}
+        return make_task_class(_CurrentApp(), fun, task_options.get('base') or Task, name,
+                               bool(task_options.get('bind')), options_for_class)
 
     if len(args) == 1 and callable(args[0]) and not options:
         return create(args[0])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
 import time
 import traceback as tb_module
 from typing import Any, NamedTuple
@@ -39,8 +41,6 @@ class Outcome(NamedTuple):
 
 def backoff_interval(factor: float, retries: int, maximum: float, full_jitter: bool) -> int:
     """Celery's exponential backoff: ``min(maximum, factor * 2**retries)``, with full jitter."""
-    import random  # noqa: PLC0415
-
     countdown = min(maximum, factor * (2 ** retries))
     if full_jitter:
         countdown = random.randrange(int(countdown) + 1)
@@ -189,8 +189,6 @@ def trace_from_message(fields: dict[str, Any]) -> Outcome:
 
 
 def _picklable(exc: BaseException) -> BaseException:
-    import pickle  # noqa: PLC0415
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import os
+import platform
 import queue
 import signal
 import socket
@@ -32,8 +33,10 @@ from kombu import Exchange, Queue
 from kombu.common import QoS
 from kombu.utils.limits import TokenBucket
 
-from . import signals, states
+from . import _state, signals, states
+from ._version import __version__
 from .canvas import run_errbacks
+from .config import mask_url
 from .control import HANDLERS, RevokedSet, mailbox_for
 from .events import HEARTBEAT_FREQ, EventDispatcher
 from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
@@ -142,7 +145,6 @@ class Worker:
                  send_events: bool | None = None, statedb: str | None = None,
                  autoscale: tuple[int, int] | None = None, install_signal_handlers: bool = True,
                  **options: Any) -> None:
-        from . import __version__  # noqa: PLC0415
         conf = app.conf
         self.app = app
         self.version = __version__
@@ -214,7 +216,6 @@ class Worker:
                            self.max_memory_per_child, self.time_limit, self.soft_time_limit)
 
     def banner(self) -> str:
-        from .config import mask_url  # noqa: PLC0415
         conf = self.app.conf
         tasks = sorted(n for n in self.app.tasks if not n.startswith('celery.'))
         scaling = f'autoscale {self.autoscale[0]},{self.autoscale[1]}' if self.autoscale else str(self.concurrency)
@@ -242,7 +243,6 @@ class Worker:
     # --- running -----------------------------------------------------------------------------
     def start(self) -> int:
         """Run until shut down; returns the process exit code."""
-        from . import _state  # noqa: PLC0415
         _state.set_current_app(self.app)  # the pools find tasks through the current app
         self.app.import_modules()
         self._check_broker_url()
@@ -653,7 +653,6 @@ class Worker:
             self.events.groups = None if enabled else {'worker'}
 
     def _heartbeat_fields(self) -> dict[str, Any]:
-        import platform  # noqa: PLC0415
         return {'freq': HEARTBEAT_FREQ, 'active': len(self._active), 'processed': self.processed,
                 'loadavg': list(os.getloadavg()), 'sw_ident': 'py-taskflow', 'sw_ver': self.version,
                 'sw_sys': platform.system()}

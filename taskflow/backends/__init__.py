@@ -1,6 +1,7 @@
 """Result backends, chosen by URL scheme (``by_url``)."""
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ..exceptions import ImproperlyConfigured
@@ -17,7 +18,15 @@ SCHEMES = {
     'memory': 'memory:MemoryBackend',
     'cache+memory': 'memory:MemoryBackend',
     'disabled': 'base:DisabledBackend',
+    'sqlite': 'sqlite:SQLiteBackend',
+    'db+sqlite': 'database:DatabaseBackend',
+    'db+postgresql': 'database:DatabaseBackend',
+    'db+mysql': 'database:DatabaseBackend',
 }
+#: Any other ``db+<SQLAlchemy URL>`` (``db+mysql+pymysql://``, ``db+postgresql+psycopg2://``,
+#: ``db+oracle://``, ...) goes to the SQLAlchemy backend too, as in Celery.
+DATABASE_PREFIX = 'db+'
+DATABASE_BACKEND = 'database:DatabaseBackend'
 
 
 def by_url(app: Any, url: str | None) -> Backend:
@@ -27,10 +36,11 @@ def by_url(app: Any, url: str | None) -> Backend:
         return DisabledBackend(app)
     scheme = url.partition('://')[0] if '://' in url else url
     target = SCHEMES.get(scheme.lower())
+    if target is None and scheme.lower().startswith(DATABASE_PREFIX):
+        target = DATABASE_BACKEND
     if target is None:
         known = ', '.join(sorted(SCHEMES))
         raise ImproperlyConfigured(f'Unknown result backend {scheme!r} in {url!r}; known: {known}')
     module_name, _, class_name = target.partition(':')
-    import importlib  # noqa: PLC0415 - deferred so unused backends' drivers are optional
     module = importlib.import_module(f'{__name__}.{module_name}')
     return getattr(module, class_name)(app, url if '://' in url else None)

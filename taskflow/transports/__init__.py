@@ -1,0 +1,20 @@
+"""Transports taskflow adds to kombu, registered by URL scheme when taskflow is imported.
+
+- ``sqlite://`` -> :mod:`taskflow.transports.sqlite`, the embedded broker (one SQLite file).
+
+kombu's own SQLAlchemy transport answers to ``sqla+sqlite://`` / ``sqlalchemy+sqlite://`` (its
+aliases are ``sqla`` and ``sqlalchemy``), so the bare ``sqlite`` scheme is free and does not
+shadow anything of kombu's.
+"""
+from __future__ import annotations
+
+from kombu.transport import TRANSPORT_ALIASES
+
+__all__ = ['SQLITE_TRANSPORT']
+
+#: kombu resolves aliases lazily (on first use of a connection), so registering the dotted
+#: path here costs nothing and does not import sqlite3 until a ``sqlite://`` URL is used.
+SQLITE_TRANSPORT = 'taskflow.transports.sqlite:Transport'
+
+# Assigned, not setdefault: should a later kombu claim the name, sqlite:// must stay ours.
+TRANSPORT_ALIASES['sqlite'] = SQLITE_TRANSPORT
