@@ -374,6 +374,10 @@ class chain(_Composite, subtask_type='chain'):
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                     route_name: str | None = None, **options: Any) -> Any:
         """Send the first step; the rest ride along in its message. Returns the last result."""
+        if not options.pop('_fresh', False):
+            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
+            # of the signature the caller holds (ids the caller froze himself are kept).
+            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
         app = self.app
         args, kwargs, options = self._merge(args, kwargs, options)
         if app.conf.task_always_eager:
@@ -487,6 +491,10 @@ class group(_Composite, subtask_type='group'):
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                     route_name: str | None = None, **options: Any) -> Any:
         """Send every member (through one producer); returns a ``GroupResult`` in member order."""
+        if not options.pop('_fresh', False):
+            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
+            # of the signature the caller holds (ids the caller froze himself are kept).
+            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
         app = self.app
         args, kwargs, options = self._merge(args, kwargs, options)
         if app.conf.task_always_eager:
@@ -618,6 +626,10 @@ class chord(_Composite, subtask_type='chord'):
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                     route_name: str | None = None, **options: Any) -> Any:
         """Send the header members; the body follows when they are all done."""
+        if not options.pop('_fresh', False):
+            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
+            # of the signature the caller holds (ids the caller froze himself are kept).
+            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
         app = self.app
         body_override = (kwargs or {}).pop('body', None) if kwargs else None
         if body_override is not None:
@@ -786,21 +798,23 @@ def _arity(fun: Any) -> int:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
-def fail_signature(app: Any, sig: Any, exc: BaseException, traceback: str | None = None) -> None:
+def fail_signature(app: Any, sig: Any, exc: BaseException, traceback: str | None = None,
+                   errbacks: bool = True) -> None:
     """Record ``exc`` as the outcome of ``sig`` (a step that will now never run), including
-    the steps and chords behind it, so nobody waits for it forever."""
+    the steps and chords behind it, so nobody waits for it forever. With ``errbacks`` the
+    errbacks of the first task reached run (once, as for a task that failed itself)."""
     sig = maybe_signature(sig, app=app)
     if isinstance(sig, chain):
-        for step in sig.tasks:
-            fail_signature(app, step, exc, traceback)
+        for i, step in enumerate(sig.tasks):
+            fail_signature(app, step, exc, traceback, errbacks=errbacks and i == 0)
         return
     if isinstance(sig, group):
         for member in sig.tasks:
-            fail_signature(app, member, exc, traceback)
+            fail_signature(app, member, exc, traceback, errbacks=errbacks)
         return
     if isinstance(sig, chord):
         if sig.body is not None:
-            fail_signature(app, sig.body, exc, traceback)
+            fail_signature(app, sig.body, exc, traceback, errbacks=errbacks)
         return
     opts = sig['options']
     if not opts.get('task_id'):
@@ -810,7 +824,8 @@ def fail_signature(app: Any, sig: Any, exc: BaseException, traceback: str | None
                   root_id=opts.get('root_id'), parent_id=opts.get('parent_id'), args=sig['args'],
                   kwargs=sig['kwargs'], delivery_info={})
     app.backend.mark_as_failure(ctx.id, exc, traceback, request=ctx)
-    run_errbacks(app, ctx, exc, traceback or '')
+    if errbacks:
+        run_errbacks(app, ctx, exc, traceback or '')
     if ctx.chord:
         on_chord_part_return(app, ctx, states.FAILURE, exc)
 

@@ -192,6 +192,9 @@ def request_from_message(headers: Mapping[str, Any], properties: Mapping[str, An
         except (TypeError, ValueError):
             raise InvalidTaskError(f'body is not [args, kwargs, embed]: {saferepr(body, 200)}') from None
         embed = embed or {}
+        if not isinstance(embed, Mapping):
+            raise InvalidTaskError(f'body[2] must be a mapping of callbacks/errbacks/chain/chord, '
+                                   f'not {type(embed).__name__}')
         fields = dict(headers)
     elif isinstance(body, Mapping) and 'task' in body and 'id' in body:  # protocol v1
         args, kwargs, embed = body.get('args') or (), body.get('kwargs') or {}, body

@@ -83,7 +83,7 @@ def _send_children(task: Any, request: Context, retval: Any) -> None:
 def fail_rest(app: Any, request: Context, exc: BaseException, traceback: str) -> None:
     """A failed task ends its chain: the remaining steps and its chord get the failure too."""
     for step in reversed(request.chain or ()):
-        fail_signature(app, step, exc, traceback)
+        fail_signature(app, step, exc, traceback, errbacks=False)  # the failed task ran them
     if request.chord:
         on_chord_part_return(app, request, states.FAILURE, exc)
 

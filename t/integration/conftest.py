@@ -191,7 +191,12 @@ def queue_length(name: str) -> int:
     a passive declare, so the RabbitMQ count or kombu's ``LLEN`` over the Redis priority lists."""
     from t.integration import tasks
     with tasks.app.connection() as conn:
-        _, count, _ = conn.default_channel.queue_declare(queue=name, passive=True)
+        try:
+            _, count, _ = conn.default_channel.queue_declare(queue=name, passive=True)
+        except conn.channel_errors:
+            if conn.transport.driver_type == 'redis':
+                return 0  # kombu's Redis transport: an empty queue is a missing key
+            raise
     return count
 
 
@@ -202,12 +207,11 @@ def delete_queue(name: str) -> None:
     from t.integration import tasks
     with tasks.app.connection() as conn:
         channel = conn.default_channel
-        for make in (lambda: Queue(name, Exchange(name), routing_key=name, channel=channel),
-                     lambda: Exchange(name, channel=channel)):
+        for entity in (Queue(name, Exchange(name), routing_key=name), Exchange(name)):
             try:
-                make().delete()
+                entity.bind(channel).delete()
             except conn.channel_errors:
-                channel = conn.channel()
+                channel = conn.channel()  # AMQP closes the channel on an error
             except Exception:  # noqa: BLE001 - best-effort clean-up
                 pass
 
@@ -245,3 +249,92 @@ def raw_meta(task_id: str) -> dict[str, Any] | None:
     finally:
         client.close()
     return None if payload is None else json.loads(payload)
+
+
+# --- helpers for test_worker_semantics.py / test_flower.py -------------------------------------
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers the tests start)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_cli(broker: str, queue: str, *args: str, timeout: float = 60.0,
+            command: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m taskflow -A t.integration.tasks ARGS`` (or ``command + ARGS``) with the
+    test broker's environment; returns the completed process (text output)."""
+    env = {**os.environ, **broker_env(broker, queue)}
+    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    cmd = [*(command or [*TASKFLOW, '-A', 't.integration.tasks']), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class EventCollector:
+    """Collects the events on the ``celeryev`` exchange of the test app's broker, in a thread
+    with a connection of its own (``with EventCollector() as ev: ...``; ``ev.events`` is the
+    list, a buffered ``task.multi`` list already split). Bound before ``__enter__`` returns,
+    so nothing published afterwards is missed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from t.integration import tasks
+        self.app = tasks.app
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        import socket
+
+        from kombu import Consumer, Queue
+
+        from taskflow.events import event_exchange
+        try:
+            with self.app.connection_for_read() as conn:
+                queue = Queue(f'celeryev.test-{uuid.uuid4()}', exchange=event_exchange(conn), routing_key='#',
+                              auto_delete=True, durable=False)
+
+                def on_message(body: Any, message: Any) -> None:
+                    self.events.extend(body if isinstance(body, list) else [body])
+
+                with Consumer(conn.default_channel, queues=[queue], callbacks=[on_message], no_ack=True,
+                              accept=['json']):
+                    while not self._stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.2)
+                        except socket.timeout:
+                            pass
+                        # after one drain: on Redis the fanout subscription is only made there
+                        self._ready.set()
+        except BaseException as exc:  # noqa: BLE001 - reported by __enter__/find
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> 'EventCollector':
+        self._thread.start()
+        assert self._ready.wait(20), 'the event consumer did not start'
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def of(self, type_: str, **match: Any) -> list[dict[str, Any]]:
+        """The events of ``type_`` whose fields equal ``match``."""
+        return [e for e in list(self.events)
+                if e.get('type') == type_ and all(e.get(k) == v for k, v in match.items())]
+
+    def wait(self, type_: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        """The first event of ``type_`` matching ``match``, waiting for it with a deadline."""
+        def found() -> Any:
+            if self._error is not None:
+                raise self._error
+            hits = self.of(type_, **match)
+            return hits[0] if hits else None
+        return wait_for(found, timeout=timeout, message=f'a {type_} event with {match}')

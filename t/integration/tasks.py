@@ -171,3 +171,77 @@ def span(seconds: float) -> list:
     start = time.time()
     time.sleep(seconds)
     return [start, time.time(), os.getpid()]
+
+
+# --- tasks for test_worker_semantics.py ---------------------------------------------------------
+@app.task(rate_limit='2/s')
+def rate_limited(i: int) -> int:
+    """Rate-limited to 2 per second per worker (tests measure the spread of ``date_done``)."""
+    return i
+
+
+@app.task(time_limit=1)
+def sleep_hard_limited(seconds: float) -> float:
+    """A hard time limit of 1 s as a task attribute."""
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(soft_time_limit=0.5)
+def sleep_soft_limited(seconds: float) -> str:
+    """A soft time limit of 0.5 s as a task attribute; returns a marker when it interrupts."""
+    from taskflow.exceptions import SoftTimeLimitExceeded
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return 'soft-limit-caught'
+    return 'slept'
+
+
+_HOARD: list = []
+
+
+@app.task
+def hog_memory(megabytes: int) -> int:
+    """Allocate ``megabytes`` MB and keep it in a module global (the child's RSS grows); the pid."""
+    _HOARD.append(bytearray(megabytes * 1024 * 1024))
+    for block in _HOARD:  # touch the pages so they count as resident
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+    return os.getpid()
+
+
+@app.task
+def send_add(x: int, y: int) -> str:
+    """Publish ``add(x, y)`` from inside the worker; the child's id."""
+    return add.delay(x, y).id
+
+
+@app.task
+def ignore_soft_limit(seconds: float) -> str:
+    """Swallow the soft time limit and sleep on (only the hard limit can end it early)."""
+    from taskflow.exceptions import SoftTimeLimitExceeded
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            pass
+    return 'slept through'
+
+
+# --- tasks for test_canvas.py -----------------------------------------------------------------
+@app.task
+def record_sum(numbers: list, path: str) -> int:
+    """A chord body with a visible effect: append ``sum(numbers)`` to ``path`` (one line per run)."""
+    total = sum(numbers)
+    with open(path, 'a') as fh:
+        fh.write(f'{total}\n')
+    return total
+
+
+@app.task
+def slow_add(x: int, y: int, seconds: float = 0.5) -> int:
+    """``x + y`` after ``seconds``: a header member that finishes last."""
+    time.sleep(seconds)
+    return x + y

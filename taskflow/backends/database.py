@@ -2,7 +2,9 @@
 tables and columns, so Celery and taskflow read each other's results from one database.
 
 URL: ``db+`` followed by a SQLAlchemy URL: ``db+postgresql://user@host/db``,
-``db+mysql+pymysql://root@127.0.0.1/db``, ``db+sqlite:///results.sqlite``.
+``db+mysql+pymysql://root@127.0.0.1/db``, ``db+sqlite:///results.sqlite``. A URL without a driver
+uses psycopg2 / PyMySQL (what ``taskflow[sql]`` installs) when SQLAlchemy's default driver for
+that database is not installed.
 
 Tables (names from ``database_table_names`` ``{'task': ..., 'group': ...}``, schemas from
 ``database_table_schemas``; made at start-up unless ``database_create_tables_at_setup`` is
@@ -26,14 +28,18 @@ pickles: those are read with an unpickler that only builds plain data unless ``p
 ``interval`` given if smaller); chords use the ``celery.chord_unlock`` task. Operational and
 interface errors (a dropped connection) are retried three times. ``database_engine_options``
 go to ``create_engine`` (defaults ``pool_pre_ping=True, pool_recycle=3600``);
-``database_short_lived_sessions`` opens a connection per operation (``NullPool``).
+``database_short_lived_sessions`` opens a connection per operation (``NullPool``), as does a
+SQLite database (a pooled SQLite connection must not stay open across ``fork()``). As with
+Celery, MySQL's ``BLOB`` columns hold 64 KiB: larger results need a ``LONGBLOB`` column.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
 import pickle
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
@@ -46,7 +52,7 @@ from ..exceptions import ImproperlyConfigured, TimeoutError
 from ..protocol import result_meta, utcnow
 from .base import PENDING_META, Backend
 
-__all__ = ['DatabaseBackend', 'task_table', 'group_table']
+__all__ = ['DatabaseBackend', 'task_table', 'group_table', 'engine_url']
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +121,24 @@ def _bytes(value: Any) -> bytes | None:
     return value.encode('utf-8') if isinstance(value, str) else bytes(value)
 
 
+#: (dialect, the DBAPI module SQLAlchemy uses for it by default, our extra's driver instead)
+_FALLBACK_DRIVERS = (('postgresql', 'psycopg', 'psycopg2'),  # SQLAlchemy 2.1 moved to psycopg 3
+                     ('mysql', 'MySQLdb', 'pymysql'))
+
+
+def engine_url(dburi: str) -> sa.URL:
+    """The SQLAlchemy URL for ``dburi``; a URL naming no driver gets the one ``taskflow[sql]``
+    installs (psycopg2, PyMySQL) when SQLAlchemy's default driver is not installed, so
+    Celery-style ``db+postgresql://`` and ``db+mysql://`` work out of the box."""
+    url = sa.engine.make_url(dburi)
+    if '+' not in url.drivername:
+        for dialect, default_module, ours in _FALLBACK_DRIVERS:
+            if url.drivername == dialect and importlib.util.find_spec(default_module) is None \
+                    and importlib.util.find_spec(ours) is not None:
+                return url.set(drivername=f'{dialect}+{ours}')
+    return url
+
+
 def _naive_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -146,6 +170,7 @@ class DatabaseBackend(Backend):
         self.groups = group_table(self.metadata, names.get('group') or 'celery_tasksetmeta', schemas.get('group'))
         self.max_poll_interval = float((conf.result_backend_transport_options or {}).get('max_poll_interval', 0.2))
         self._engine: sa.Engine | None = None
+        self._engine_lock = threading.Lock()
         self._pid = os.getpid()
         self._columns: set[str] | None = None  # task-table columns the database has
         if conf.database_create_tables_at_setup:
@@ -160,14 +185,22 @@ class DatabaseBackend(Backend):
             self._engine.dispose(close=False)
             self._pid = os.getpid()
         if self._engine is None:
-            options = dict(self.engine_options)
-            if self.short_lived_sessions:
-                options['poolclass'] = NullPool
-                for key in ('pool_size', 'max_overflow', 'pool_timeout'):
-                    options.pop(key, None)
-            self._engine = sa.create_engine(self.dburi, **options)
-            self._pid = os.getpid()
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = self._create_engine()
+                    self._pid = os.getpid()
         return self._engine
+
+    def _create_engine(self) -> sa.Engine:
+        url = engine_url(self.dburi)
+        options = dict(self.engine_options)
+        # SQLite: no pooled connection may stay open across fork() (a child's own connections
+        # then lose writes, see taskflow.backends.sqlite), so one connection per operation.
+        if self.short_lived_sessions or (url.get_backend_name() == 'sqlite' and 'poolclass' not in options):
+            options['poolclass'] = NullPool
+            for key in ('pool_size', 'max_overflow', 'pool_timeout'):
+                options.pop(key, None)
+        return sa.create_engine(url, **options)
 
     @property
     def columns(self) -> set[str]:
@@ -189,6 +222,8 @@ class DatabaseBackend(Backend):
                 if attempt == RETRIES:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+        if engine.dialect.supports_sequences:
+            self._ensure_sequences(engine)
         table = self.tasks
         existing = {c['name'] for c in sa.inspect(engine).get_columns(table.name, schema=table.schema)}
         for column in table.columns:
@@ -203,6 +238,20 @@ class DatabaseBackend(Backend):
             except sa.exc.DatabaseError as exc:
                 logger.warning('Could not add column %r to %s (%s): %s', column.name, table.name, ddl, exc)
         self._columns = existing
+
+    def _ensure_sequences(self, engine: sa.Engine) -> None:
+        """create_all makes a table's id sequence only together with the table: an existing
+        table whose sequence is gone (dropped with another table sharing its name, or never
+        made) would fail every insert. Recreate it past the highest id."""
+        inspector = sa.inspect(engine)
+        for table in (self.tasks, self.groups):
+            sequence = table.c.id.default
+            if not isinstance(sequence, sa.Sequence) or \
+                    sequence.name in inspector.get_sequence_names(schema=sequence.schema):
+                continue
+            with engine.begin() as conn:
+                highest = conn.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
+                sa.Sequence(sequence.name, start=highest + 1, schema=sequence.schema).create(conn, checkfirst=True)
 
     def _retrying(self, fun: Callable[..., T], *args: Any) -> T:
         for attempt in range(RETRIES + 1):
@@ -329,9 +378,11 @@ class DatabaseBackend(Backend):
                     rows[row._mapping['task_id']] = row
         for start in range(0, len(missing), 500):
             self._retrying(read, missing[start:start + 500])
+        fetched: dict[str, dict[str, Any]] = {}
         for task_id in missing:
-            self._remember(task_id, self._meta_from_row(task_id, rows.get(task_id)))
-        return {i: self._ready_cache.get(i) or self._meta_from_row(i, rows.get(i)) for i in ids}
+            fetched[task_id] = self._meta_from_row(task_id, rows.get(task_id))
+            self._remember(task_id, fetched[task_id])
+        return {i: fetched[i] if i in fetched else self._ready_cache[i] for i in ids}
 
     def forget(self, task_id: str) -> None:
         self._ready_cache.pop(task_id, None)

@@ -107,10 +107,7 @@ class RedisBackend(Backend):
     def _set(self, key: str, value: Any, ttl: float | None) -> None:
         # One round trip: store and notify together (Celery's readers subscribe to the key).
         pipe = self.client.pipeline(transaction=False)
-        if ttl:
-            pipe.setex(key, int(ttl), value)
-        else:
-            pipe.set(key, value)
+        pipe.set(key, value, ex=int(ttl) if ttl else None)
         pipe.publish(key, value)
         pipe.execute()
 

@@ -113,7 +113,8 @@ class _File:
         self._local = threading.local()
         self._handles: 'weakref.WeakSet[_Handle]' = weakref.WeakSet()
         self._handles_lock = threading.Lock()
-        self._files.add(self)
+        with _files_lock:
+            self._files.add(self)
 
     @contextmanager
     def use(self) -> Iterator[sqlite3.Connection]:
@@ -194,9 +195,11 @@ class _File:
 
 _abandoned: list[Any] = []
 _forking: list[tuple[_File, list[_Handle]]] = []
+_files_lock = threading.Lock()
 
 
 def _before_fork() -> None:
+    _files_lock.acquire()  # released after the fork: no file is added meanwhile
     _forking[:] = [(db, db.before_fork()) for db in list(_File._files)]
 
 
@@ -204,6 +207,7 @@ def _after_fork(child: bool) -> None:
     for db, handles in _forking:
         db.after_fork(handles, child)
     _forking.clear()
+    _files_lock.release()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(False),

@@ -71,6 +71,7 @@ from urllib.parse import unquote, urlsplit
 
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport import virtual
+from kombu.transport.virtual.base import queue_declare_ok_t
 
 __all__ = ['Transport', 'Channel', 'QoS', 'SQLiteFile', 'default_url', 'path_from_url', 'DEFAULT_PATH']
 
@@ -189,7 +190,8 @@ class SQLiteFile:
         self._local = threading.local()
         self._handles: 'weakref.WeakSet[_Handle]' = weakref.WeakSet()  # a dead thread's closes by GC
         self._handles_lock = threading.Lock()
-        self._files.add(self)
+        with _files_lock:
+            self._files.add(self)
 
     @contextmanager
     def use(self) -> Iterator[sqlite3.Connection]:
@@ -295,7 +297,11 @@ _abandoned: list[Any] = []
 _forking: list[tuple[SQLiteFile, list[_Handle]]] = []
 
 
+_files_lock = threading.Lock()
+
+
 def _before_fork() -> None:
+    _files_lock.acquire()  # released after the fork: no file is added meanwhile
     _forking[:] = [(db, db._before_fork()) for db in list(SQLiteFile._files)]
 
 
@@ -303,6 +309,7 @@ def _after_fork(child: bool) -> None:
     for db, handles in _forking:
         db._after_fork(handles, child)
     _forking.clear()
+    _files_lock.release()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(False),
@@ -402,6 +409,12 @@ class Channel(virtual.Channel):
     def prepare_queue_arguments(self, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         # Queue(expires=..., message_ttl=...) -> x-expires / x-message-ttl, as on RabbitMQ
         return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
+    def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        if passive and queue and self._has_queue(queue):
+            # kombu's version would re-declare it, dropping its x-expires / x-message-ttl
+            return queue_declare_ok_t(queue, self._size(queue), 0)
+        return super().queue_declare(queue, passive, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         arguments = kwargs.get('arguments') or {}
