@@ -109,6 +109,10 @@ class Taskflow:
     def _reset_clients(self) -> None:
         self.__dict__.pop('backend', None)
         self.broker = Broker(self)
+        with self._events_lock:
+            if self._sent_events is not None:
+                self._sent_events.close()
+            self._sent_events = None
 
     @property
     def timezone(self) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -198,6 +199,12 @@ def worker(obj: _Context, app_path: str | None, concurrency: int | None, pool: s
             embedded.join(timeout=10)
         if release:
             release()
+    if instance.mode == 'cold':
+        # Cold shutdown means now: threads of the thread pool still running a task would
+        # otherwise be joined by the interpreter at exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from billiard.pool import Pool as BilliardPool
@@ -116,12 +117,13 @@ class PreforkPool(Pool):
 
     def __init__(self, limit: int, app: Any, hostname: str, max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
-                 soft_time_limit: float | None = None) -> None:
+                 soft_time_limit: float | None = None, lost_worker_timeout: float | None = None) -> None:
         self.limit = limit
         self.app = app
         self.hostname = hostname
         self.options = dict(maxtasksperchild=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-                            timeout=time_limit, soft_timeout=soft_time_limit)
+                            timeout=time_limit, soft_timeout=soft_time_limit,
+                            lost_worker_timeout=lost_worker_timeout)
         self._pool: Any = None
 
     def start(self) -> None:
@@ -153,19 +155,42 @@ class PreforkPool(Pool):
         if delta > 0:
             self._pool.grow(delta)
         elif delta < 0:
-            self._pool.shrink(-delta)
+            # billiard's own shrink() SIGTERMs idle children, and one that dies holding the
+            # shared queue's read lock wedges the pool. Instead send one stop sentinel per
+            # process to retire: an idle child reads it and exits cleanly, and the pool does
+            # not replace it because its size was lowered first.
+            self._pool._processes += delta
+            for _ in range(-delta):
+                self._pool._taskqueue.put(([None], None))
         self.limit += delta
         return True
 
-    def stop(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool.join()
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the pool and wait for it; children killed from outside (a SIGTERM sent to
+        the whole process group) can leave billiard's join waiting forever, so after
+        ``timeout`` seconds the pool is terminated instead."""
+        if self._pool is None:
+            return
+        self._pool.close()
+        joiner = threading.Thread(target=self._pool.join, name='pool-join', daemon=True)
+        joiner.start()
+        joiner.join(timeout)
+        if joiner.is_alive():
+            logger.warning('Pool did not stop within %ss; terminating it', timeout)
+            self._pool.terminate()
 
     def terminate(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+        """Cold shutdown: kill the children first (billiard's terminate() alone waits seconds
+        for their unfinished jobs), then stop the pool."""
+        if self._pool is None:
+            return
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self._pool.terminate()
+        self._pool.join()
 
     def processes(self) -> list[int]:
         return [p.pid for p in getattr(self._pool, '_pool', [])]

@@ -213,7 +213,8 @@ class Worker:
         if self.pool_name == 'threads':
             return ThreadPool(self.concurrency)
         return PreforkPool(self.concurrency, self.app, self.hostname, self.max_tasks_per_child,
-                           self.max_memory_per_child, self.time_limit, self.soft_time_limit)
+                           self.max_memory_per_child, self.time_limit, self.soft_time_limit,
+                           lost_worker_timeout=self.app.conf.worker_lost_wait)
 
     def banner(self) -> str:
         conf = self.app.conf
@@ -321,16 +322,22 @@ class Worker:
         queues = self.consumed_queues()
         for q in queues:
             q(channel).declare()
+        self.events = EventDispatcher(self.app, self.hostname, connection=self.app.connection_for_write(),
+                                      groups=None if self.task_events else {'worker'})
         self._consumer = self.app.broker.task_consumer(channel, queues, self._on_message)
-        self._qos = QoS(self._consumer.qos, self.prefetch_count + len(self._held))
+        # RabbitMQ applies a basic.qos change only to consumers made after it unless it is
+        # channel-wide ("global"); raising the prefetch for held ETA messages needs that.
+        apply_global = not connection.qos_semantics_matches_spec
+        consumer = self._consumer
+        self._qos = QoS(lambda prefetch_count: consumer.qos(prefetch_count=prefetch_count,
+                                                            apply_global=apply_global),
+                        self.prefetch_count + len(self._held))
         self._qos.update()
         self._consumer.consume()
         if conf.worker_enable_remote_control:
             node = mailbox_for(self.app)(connection).Node(self.hostname, state=self, handlers=HANDLERS,
                                                           channel=connection.channel())
             node.listen(callback=lambda body, message: self._on_control(node, body, message))
-        self.events = EventDispatcher(self.app, self.hostname, connection=self.app.connection_for_write(),
-                                      groups=None if self.task_events else {'worker'})
         logger.info('Connected to %s', connection.as_uri())
         if first:
             self.events.send('worker-online', **self._heartbeat_fields())
@@ -351,14 +358,11 @@ class Worker:
             self._release_due()
             self._dispatch_reserved()
             self._housekeeping()
-            wait = self._next_wait()
-            if len(self._active) < self.concurrency:
-                try:
-                    connection.drain_events(timeout=wait)
-                except socket.timeout:
-                    connection.heartbeat_check(rate=heartbeat_rate)
-            else:
-                self._wait_completion(wait)
+            # The broker is read even while every slot is busy: remote control must answer
+            # then, and prefetched messages wait in _reserved (bounded by the QoS prefetch).
+            try:
+                connection.drain_events(timeout=self._next_wait())
+            except socket.timeout:
                 connection.heartbeat_check(rate=heartbeat_rate)
 
     def _housekeeping(self) -> None:

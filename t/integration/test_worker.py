@@ -148,10 +148,6 @@ def test_killed_child_fails_with_worker_lost_error(broker, worker):
     assert tasks.getpid.delay().get(timeout=10) != worker.pid
 
 
-@pytest.mark.xfail(strict=True, reason='BUG: worker_lost_wait is ignored: PreforkPool never passes it '
-                                       "to billiard (lost_worker_timeout), so a lost child's task "
-                                       'always takes billiard\'s default 10 s to fail; Celery passes '
-                                       'lost_worker_timeout=worker_lost_wait')
 def test_worker_lost_wait_setting(own_queue, start_worker):
     start_worker(queue=own_queue, env={'TASKFLOW_WORKER_LOST_WAIT': '1'})
     result = tasks.kill_self.delay()
@@ -216,13 +212,6 @@ def test_reject_without_requeue_is_not_run_again(broker, worker, queue_name, tmp
 # --- held ETA messages and prefetch -------------------------------------------------------------------------
 def test_held_eta_messages_do_not_use_up_prefetch(own_queue, start_worker, broker, request):
     """-c 1 with prefetch 1: three messages held for their ETA must not stop a fourth from running."""
-    if broker == 'amqp':
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            'BUG: on RabbitMQ the prefetch raised for a held ETA message never reaches the '
-            'consumer: the worker calls basic.qos with global=False after basic.consume, which '
-            'RabbitMQ applies to later consumers only (rabbitmqctl list_consumers keeps showing '
-            'prefetch_count 1), so N held ETA messages block the queue until they are due; '
-            'Celery uses apply_global=True when not connection.qos_semantics_matches_spec')))
     start_worker('-c', '1', '--prefetch-multiplier', '1', queue=own_queue)
     held = [tasks.add.apply_async((i, i), countdown=4) for i in range(3)]
     assert tasks.add.delay(5, 5).get(timeout=3) == 10
@@ -264,20 +253,12 @@ def test_warm_shutdown_gives_back_eta_messages(own_queue, start_worker):
     assert held.state == 'PENDING'
 
 
-THREADS_COLD = pytest.mark.xfail(
-    strict=True, reason='BUG (or documented limitation): with -P threads a cold shutdown logs '
-                        '"stopped" but the process lives on until the running task returns: '
-                        'ThreadPool.terminate() only cancels queued futures and the interpreter '
-                        'joins the non-daemon executor threads at exit (Celery 5\'s threads pool '
-                        'behaves the same)')
-
-
 @pytest.mark.parametrize('pool, signals', [
     ('prefork', (signal.SIGTERM, signal.SIGTERM)),
     ('prefork', (signal.SIGQUIT,)),
     ('solo', (signal.SIGTERM, signal.SIGTERM)),
     ('solo', (signal.SIGQUIT,)),
-    pytest.param('threads', (signal.SIGQUIT,), marks=THREADS_COLD),
+    ('threads', (signal.SIGQUIT,)),
 ], ids=['prefork-TERM-TERM', 'prefork-QUIT', 'solo-TERM-TERM', 'solo-QUIT', 'threads-QUIT'])
 def test_cold_shutdown_is_prompt(own_queue, start_worker, pool, signals):
     w = start_worker('-P', pool, queue=own_queue)

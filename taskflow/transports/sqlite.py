@@ -49,9 +49,11 @@ Transport options
 Concurrency
 ===========
 WAL journal (readers never block the writer), short transactions, one ``sqlite3`` connection
-per thread and process (a forked child opens its own, never touching its parent's). A message
-is claimed by one ``UPDATE ... RETURNING`` statement, so two consumers never get the same
-delivery. Needs SQLite 3.35 or newer (``RETURNING``); Python 3.10+ ships newer.
+per thread. Every connection is closed before ``fork()`` and reopened lazily after it, in
+parent and child: SQLite's per-process lock tables are inherited by a forked child, whose own
+connections would otherwise lose writes (see ``SQLiteFile``). A message is claimed by one
+``UPDATE ... RETURNING`` statement, so two consumers never get the same delivery. Needs SQLite
+3.35 or newer (``RETURNING``). An idle consumer costs one indexed read per queue per poll.
 """
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ from time import monotonic, sleep, time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.base import queue_declare_ok_t
 
 __all__ = ['Transport', 'Channel', 'QoS', 'SQLiteFile', 'default_url', 'path_from_url', 'DEFAULT_PATH']
@@ -317,9 +319,10 @@ os.register_at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(Fal
 
 
 # --- kombu ------------------------------------------------------------------------------------
-def _row_id(delivery_tag: Any) -> int:
+def _delivery(delivery_tag: Any) -> tuple[int, int]:
     """Our delivery tags are ``"<row id>.<delivery number>"``."""
-    return int(str(delivery_tag).partition('.')[0])
+    row_id, _, number = str(delivery_tag).partition('.')
+    return int(row_id), int(number or 0)
 
 
 def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
@@ -561,15 +564,25 @@ class Channel(virtual.Channel):
         return payloads
 
     def _settle(self, delivery_tags: Iterable[Any], requeue: bool) -> None:
-        ids = [_row_id(tag) for tag in delivery_tags]
-        if not ids:
+        """Ack (delete) or requeue deliveries. An ack deletes the message even if its claim ran
+        out meanwhile (the work is done); a requeue only touches a delivery that is still the
+        current one, so a late requeue cannot expose a message another consumer now holds."""
+        deliveries = [_delivery(tag) for tag in delivery_tags]
+        if not deliveries:
             return
-        for part in _chunks(ids):
-            marks = ','.join('?' * len(part))
-            if requeue:
-                self.db.run(f'UPDATE taskflow_message SET visible_at = 0 WHERE id IN ({marks})', part)
-            else:
-                self.db.run(f'DELETE FROM taskflow_message WHERE id IN ({marks})', part)
+        if requeue:
+            self._update_current('UPDATE taskflow_message SET visible_at = 0 WHERE id = ? AND deliveries = ?',
+                                 deliveries)
+            return
+        for part in _chunks([row_id for row_id, _ in deliveries]):
+            self.db.run(f'DELETE FROM taskflow_message WHERE id IN ({",".join("?" * len(part))})', part)
+
+    def _update_current(self, sql: str, deliveries: list[tuple[int, int]], *leading: Any) -> None:
+        if len(deliveries) == 1:
+            self.db.run(sql, (*leading, *deliveries[0]))
+        else:
+            with self.db.write() as conn:
+                conn.executemany(sql, [(*leading, *d) for d in deliveries])
 
     def _size(self, queue: str) -> int:
         now = time()
@@ -594,11 +607,9 @@ class Channel(virtual.Channel):
                 self._sweep()
 
     def _renew(self, tags: list[Any]) -> None:
-        ids = [_row_id(tag) for tag in tags]
-        deadline = time() + self.visibility_timeout
-        for part in _chunks(ids):
-            self.db.run(f'UPDATE taskflow_message SET visible_at = ? WHERE id IN ({",".join("?" * len(part))})',
-                        [deadline, *part])
+        if tags:
+            self._update_current('UPDATE taskflow_message SET visible_at = ? WHERE id = ? AND deliveries = ?',
+                                 [_delivery(tag) for tag in tags], time() + self.visibility_timeout)
 
     def _touch_queues(self, now: float) -> None:
         """Mark consumed queues as in use, so queues with ``x-expires`` (pidbox, event and reply
