@@ -17,10 +17,14 @@ import click
 
 from ._version import __version__
 from .app import Taskflow
+from .bulk import bulk_map
+from .bulk import watch as watch_group
+from .config import _import_object
 from .events import EventReceiver
 from .exceptions import AppLoadError, ImproperlyConfigured
 from .exceptions import TimeoutError as ResultTimeout
 from .log import setup_logging
+from .result import GroupResult
 from .worker import Worker
 
 __all__ = ['main', 'cli', 'load_app']
@@ -519,3 +523,53 @@ def beat(obj: _Context, app_path: str | None, schedule_file: str | None, schedul
     finally:
         if release:
             release()
+
+
+# --- bulk jobs ----------------------------------------------------------------------------------
+@cli.command('map')
+@app_option
+@click.argument('task_name')
+@click.option('--source', required=True, help='module:callable returning (or being) the iterable of items.')
+@click.option('--window', type=int, default=1000, show_default=True, help='Most tasks in flight at once.')
+@click.option('--checkpoint', type=click.Path(dir_okay=False), help='Resume file (default: <task>.bulk.json).')
+@click.option('--no-resume', is_flag=True, help='Start from the first item even if a checkpoint exists.')
+@click.option('--star', is_flag=True, help='Call task(*item) instead of task(item).')
+@click.option('--total', type=int, default=None, help='Number of items, when known (for the ETA).')
+@click.pass_obj
+def map_command(obj: _Context, app_path: str | None, task_name: str, source: str, window: int,
+                checkpoint: str | None, no_resume: bool, star: bool, total: int | None) -> None:
+    """Run TASK_NAME over every item of --source, at most --window at a time, resumable."""
+    app = obj.app(app_path)
+    try:
+        task = app.tasks[task_name]
+    except KeyError:
+        raise click.ClickException(f'Unknown task {task_name!r}: is it imported by the app (-A)?') from None
+    try:
+        items = _import_object(source)
+    except (ImportError, AttributeError) as exc:
+        raise click.ClickException(f'Cannot import --source {source!r}: {exc}') from None
+    if callable(items):
+        items = items()
+    summary = bulk_map(task, items, window=window, checkpoint=checkpoint or f'{task_name}.bulk.json',
+                       resume=not no_resume, star=star, total=total)
+    click.echo(str(summary))
+    if summary.interrupted:
+        sys.exit(130)
+    sys.exit(1 if summary.failed else 0)
+
+
+@cli.command()
+@app_option
+@click.argument('group_id')
+@click.option('--interval', type=float, default=0.5, show_default=True, help='Seconds between refreshes.')
+@click.option('--timeout', type=float, default=None, help='Stop watching after this many seconds.')
+@click.pass_obj
+def watch(obj: _Context, app_path: str | None, group_id: str, interval: float, timeout: float | None) -> None:
+    """Show the progress of a saved group (GroupResult.save()) until it is done."""
+    app = obj.app(app_path)
+    restored = GroupResult.restore(group_id, app=app)
+    if restored is None:
+        raise click.ClickException(f'No saved group {group_id!r} (call GroupResult.save() to make it watchable)')
+    finished, failed, total = watch_group(restored, interval=interval, timeout=timeout)
+    click.echo(f'{finished}/{total} finished, {failed} failed')
+    sys.exit(0 if finished == total and not failed else 1)

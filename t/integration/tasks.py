@@ -245,3 +245,15 @@ def slow_add(x: int, y: int, seconds: float = 0.5) -> int:
     """``x + y`` after ``seconds``: a header member that finishes last."""
     time.sleep(seconds)
     return x + y
+
+
+def bulk_items():
+    """The --source of the `taskflow map` test: 40 numbers."""
+    return range(40)
+
+
+@app.task
+def square_or_fail(n: int) -> int:
+    if n == 13:
+        raise ValueError('unlucky 13')
+    return n * n
