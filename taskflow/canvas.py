@@ -162,9 +162,10 @@ class Signature(dict):
 
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None, group_index: int | None = None) -> Any:
-        """Fix the task id now (so the result is known before sending) and return its result."""
+        """Fix the task id now (so the result is known before sending) and return its result.
+        An id fixed earlier is kept (as Celery does): ``_id`` only names a task that has none."""
         opts = self['options']
-        opts['task_id'] = _id or opts.get('task_id') or str(uuid.uuid4())
+        opts['task_id'] = opts.get('task_id') or _id or str(uuid.uuid4())
         for key, value in (('group_id', group_id), ('chord', chord), ('root_id', root_id),
                            ('parent_id', parent_id), ('group_index', group_index)):
             if value is not None:
@@ -482,7 +483,7 @@ class group(_Composite, subtask_type='group'):
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None, group_index: int | None = None) -> Any:
         """Fix the group id (``_id``) and every member's id; returns the ``GroupResult``."""
-        gid = _id or self['options'].get('task_id') or _uuid()
+        gid = self['options'].get('task_id') or _id or _uuid()
         self['options']['task_id'] = gid
         results = [task.freeze(group_id=gid, chord=chord, root_id=root_id, parent_id=parent_id, group_index=i)
                    for i, task in enumerate(self.tasks)]
@@ -611,25 +612,26 @@ class chord(_Composite, subtask_type='chord'):
 
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None, group_index: int | None = None) -> Any:
-        """Fix the header group id and the body id; returns the body's result, whose first
-        parent is the header's ``GroupResult``."""
+        """Fix the header group id and the body id (``_id``); returns the body's result, whose
+        first parent is the header's ``GroupResult``. As in Celery, a chord's own ``task_id``
+        option is its header's group id, so either side can send a chord the other froze."""
         body = self.body
         if body is None:
             raise ValueError('A chord needs a body: chord(header)(body) or chord(header, body)')
-        header_result = self.header.freeze(self['options'].get('header_group_id'), root_id=root_id,
-                                           parent_id=parent_id)
-        self['options']['header_group_id'] = header_result.id
+        header_result = self.header.freeze(self['options'].get('task_id'), root_id=root_id, parent_id=parent_id)
+        self['options']['task_id'] = header_result.id
         body_result = body.freeze(_id, group_id=group_id, chord=chord, root_id=root_id, group_index=group_index)
         _set_root_parent(body_result, header_result)
         return body_result
 
     def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                    route_name: str | None = None, **options: Any) -> Any:
-        """Send the header members; the body follows when they are all done."""
+                    route_name: str | None = None, task_id: str | None = None, **options: Any) -> Any:
+        """Send the header members; the body (with id ``task_id``) follows when all are done."""
         if not options.pop('_fresh', False):
             # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
             # of the signature the caller holds (ids the caller froze himself are kept).
-            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
+            return self.clone().apply_async(args, kwargs, route_name=route_name, task_id=task_id,
+                                            _fresh=True, **options)
         app = self.app
         body_override = (kwargs or {}).pop('body', None) if kwargs else None
         if body_override is not None:
@@ -648,10 +650,11 @@ class chord(_Composite, subtask_type='chord'):
             raise ValueError('A chord needs a body: chord(header)(body) or chord(header, body)')
         if chain_rest:  # steps after the chord continue from its body
             body = self.body = chain(body, *[maybe_signature(s, app=app) for s in reversed(chain_rest)], app=app)
-        result = self.freeze(options.pop('task_id', None), options.pop('group_id', None),
+        options.pop('task_id', None)  # the chord's own id option is the header group id: freeze reads it
+        result = self.freeze(task_id, options.pop('group_id', None),
                              options.pop('chord', None), options.pop('root_id', None),
                              options.pop('parent_id', None), options.pop('group_index', None))
-        header, gid = self.header, self['options']['header_group_id']
+        header, gid = self.header, self['options']['task_id']
         producer = options.pop('producer', None)
         shared = _member_options(options)
         for key, value in shared.items():

@@ -35,6 +35,16 @@ __all__ = [
 ]
 
 
+#: Errors that Celery defines under the same names in ``celery.exceptions``: stored results
+#: name that module, so Celery clients catch them, and we read it back as ours.
+CELERY_NAMES = frozenset({
+    'CeleryError', 'TaskPredicate', 'Retry', 'Ignore', 'Reject', 'TaskError', 'NotRegistered',
+    'AlreadyRegistered', 'MaxRetriesExceededError', 'TaskRevokedError', 'InvalidTaskError', 'ChordError',
+    'QueueNotFound', 'ImproperlyConfigured', 'SecurityError', 'BackendError', 'BackendGetMetaError',
+    'BackendStoreError', 'TimeoutError', 'IncompleteStream',
+})
+
+
 class TaskflowWarning(UserWarning):
     """Base class for warnings we emit."""
 

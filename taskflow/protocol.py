@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
-from .exceptions import InvalidTaskError, SecurityError
+from .exceptions import CELERY_NAMES, InvalidTaskError, SecurityError
 
 # --- names shared with Celery -----------------------------------------------------------------
 TASK_KEYPREFIX = 'celery-task-meta-'
@@ -317,8 +317,11 @@ def result_meta(task_id: str, status: str, result: Any, traceback: str | None = 
 def exception_to_meta(exc: BaseException) -> dict[str, Any]:
     """An exception as Celery's JSON form: ``{exc_type, exc_message, exc_module}``."""
     cls = type(exc)
+    module = cls.__module__
+    if module == 'taskflow.exceptions' and cls.__qualname__ in CELERY_NAMES:
+        module = 'celery.exceptions'  # Celery clients catch their own class of that name
     return {'exc_type': cls.__qualname__, 'exc_message': list(_jsonable_args(exc.args)),
-            'exc_module': cls.__module__}
+            'exc_module': module}
 
 
 def _jsonable_args(args: Sequence[Any]) -> list[Any]:
@@ -346,6 +349,8 @@ def exception_from_meta(meta: Any) -> BaseException:
     if not isinstance(meta, Mapping) or 'exc_type' not in meta:
         return Exception(meta)
     name, module = meta['exc_type'], meta.get('exc_module') or 'builtins'
+    if module == 'celery.exceptions' and name in CELERY_NAMES:
+        module = 'taskflow.exceptions'  # ours, so `except taskflow.exceptions.ChordError` works
     message = meta.get('exc_message', ())
     args = tuple(message) if isinstance(message, (list, tuple)) else (message,)
     cls = _find_exception_class(module, name)
