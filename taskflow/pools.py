@@ -102,10 +102,11 @@ class ThreadPool(Pool):
 
 def _process_init(app: Any, hostname: str) -> None:
     """Runs first in every child process."""
-    # Ctrl-C in a terminal reaches the whole process group; only the worker decides what a
-    # shutdown means, so children ignore SIGINT and keep SIGTERM's default.
+    # Ctrl-C in a terminal, or systemd's SIGTERM, reaches the whole process group; only the
+    # worker decides what a shutdown means (a warm one lets running tasks finish), so children
+    # ignore both. Killing a child on purpose (revoke terminate, cold shutdown) uses SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _state.set_current_app(app)
     signals.worker_process_init.send(sender=None)
 
@@ -146,7 +147,9 @@ class PreforkPool(Pool):
     def terminate_job(self, pid: int | None, signum: int) -> bool:
         if not pid or self._pool is None:
             return False
-        self._pool.terminate_job(pid, signum)
+        # Children ignore SIGTERM (see _process_init); for an unhandled SIGTERM the effect was
+        # an immediate exit anyway, which SIGKILL gives.
+        self._pool.terminate_job(pid, signal.SIGKILL if signum == signal.SIGTERM else signum)
         return True
 
     def resize(self, delta: int) -> bool:
@@ -165,7 +168,7 @@ class PreforkPool(Pool):
         self.limit += delta
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """Close the pool and wait for it; children killed from outside (a SIGTERM sent to
         the whole process group) can leave billiard's join waiting forever, so after
         ``timeout`` seconds the pool is terminated instead."""
@@ -179,18 +182,22 @@ class PreforkPool(Pool):
             logger.warning('Pool did not stop within %ss; terminating it', timeout)
             self._pool.terminate()
 
-    def terminate(self) -> None:
-        """Cold shutdown: kill the children first (billiard's terminate() alone waits seconds
-        for their unfinished jobs), then stop the pool."""
+    def terminate(self, timeout: float = 3.0) -> None:
+        """Cold shutdown: billiard's terminate() waits seconds for unfinished jobs and can hang
+        on children that died underneath it, so give it ``timeout`` seconds, then SIGKILL
+        whatever children are left (the process exits right after a cold shutdown)."""
         if self._pool is None:
             return
-        for pid in self.processes():
+        children = self.processes()
+        stopper = threading.Thread(target=lambda: (self._pool.terminate(), self._pool.join()),
+                                   name='pool-terminate', daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        self._pool.terminate()
-        self._pool.join()
 
     def processes(self) -> list[int]:
         return [p.pid for p in getattr(self._pool, '_pool', [])]

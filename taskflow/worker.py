@@ -668,7 +668,8 @@ class Worker:
 
     # --- shutdown ------------------------------------------------------------------------------
     def _forget_undispatched(self) -> None:
-        """Give back what we hold but have not started (after a lost connection, at shutdown)."""
+        """Give back what we hold but have not started, after a lost connection (best effort:
+        a broker that noticed the loss redelivers them anyway)."""
         held = list(self._reserved) + [r for _, _, r in self._held]
         self._reserved.clear()
         self._held.clear()
@@ -705,7 +706,15 @@ class Worker:
                 self._consumer.cancel()
             except Exception:
                 pass
-        self._forget_undispatched()
+        # Reserved and held messages were never started and stay unacked: closing the channel
+        # gives them back (RabbitMQ requeues a closed channel's unacked messages; kombu's Redis
+        # transport restores them at close). Requeueing them one by one here instead raced with
+        # a BRPOP still in flight on Redis and could strand a message.
+        held = len(self._reserved) + len(self._held)
+        self._reserved.clear()
+        self._held.clear()
+        if held:
+            logger.info('Giving %d unstarted message(s) back to the broker', held)
         if self._active and self.mode != COLD:
             logger.info('Waiting for %d running task(s) to finish...', len(self._active))
         while self._active and self.mode != COLD:

@@ -111,11 +111,16 @@ def test_hostname_without_at_gets_host(own_queue, start_worker):
 
 
 def amqp_consumer_prefetch(queue: str) -> list[int]:
-    """``prefetch_count`` of the RabbitMQ consumers of ``queue`` in our vhost."""
-    out = subprocess.run(['rabbitmqctl', 'list_consumers', '-p', VHOST, '--no-table-headers', '-q',
-                          'queue_name', 'prefetch_count'], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    return [int(row.split()[1]) for row in out.splitlines() if row.split()[:1] == [queue]]
+    """The prefetch RabbitMQ applies to each consumer of ``queue`` in our vhost: the worker sets
+    it channel-wide (global basic.qos, so a raise reaches the running consumer), else per consumer."""
+    def rows(*args: str) -> list[list[str]]:
+        out = subprocess.run(['rabbitmqctl', *args, '--no-table-headers', '-q'], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        return [line.split('\t') for line in out.splitlines() if line.strip()]
+    channels = {pid: int(glob) for pid, glob in rows('list_channels', 'pid', 'global_prefetch_count')}
+    return [channels.get(pid) or int(count)
+            for name, pid, count in rows('list_consumers', '-p', VHOST, 'queue_name', 'channel_pid', 'prefetch_count')
+            if name == queue]
 
 
 @pytest.mark.parametrize('args, expected', [(('-c', '1', '--prefetch-multiplier', '3'), 3),
