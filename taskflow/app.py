@@ -248,23 +248,26 @@ class Taskflow:
             producer = connection.Producer()
         self.broker.publish_task(name, msg_headers, properties, body, producer=producer, **options)
         if self.conf.task_send_sent_event:
-            self._send_sent_event(msg_headers, options)
+            queue = options.get('queue')
+            self.send_event(
+                'task-sent', uuid=msg_headers['id'], root_id=msg_headers['root_id'],
+                parent_id=msg_headers['parent_id'], name=name, args=msg_headers['argsrepr'],
+                kwargs=msg_headers['kwargsrepr'], retries=retries, eta=msg_headers['eta'],
+                expires=msg_headers['expires'], queue=getattr(queue, 'name', queue),
+                exchange=options.get('exchange') or '',
+                routing_key=options.get('routing_key') or getattr(queue, 'routing_key', None))
         result = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
         if add_to_parent and parent is not None and parent.request.id:
             parent.request.children.append(result)
         return result
 
-    def _send_sent_event(self, headers: dict[str, Any], options: dict[str, Any]) -> None:
-        queue = options.get('queue')
+    def send_event(self, type_: str, **fields: Any) -> None:
+        """Send one event (``task-sent``, custom ``Task.send_event`` ones) on this process's
+        event connection, made on first use."""
         with self._events_lock:
             if self._sent_events is None:
                 self._sent_events = EventDispatcher(self)
-            self._sent_events.send(
-                'task-sent', uuid=headers['id'], root_id=headers['root_id'], parent_id=headers['parent_id'],
-                name=headers['task'], args=headers['argsrepr'], kwargs=headers['kwargsrepr'],
-                retries=headers['retries'], eta=headers['eta'], expires=headers['expires'],
-                queue=getattr(queue, 'name', queue), exchange=options.get('exchange') or '',
-                routing_key=options.get('routing_key') or getattr(queue, 'routing_key', None))
+            self._sent_events.send(type_, **fields)
 
     def _expiration_seconds(self, task_id: str, expires: Any) -> float:
         if isinstance(expires, (int, float)):

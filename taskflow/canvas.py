@@ -287,6 +287,10 @@ class _Composite(Signature):
     def _parts(self) -> list[Signature]:
         return list(self['kwargs'].get('tasks') or ())
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``chain(...)()`` / ``group(...)()``: send it, as Celery does."""
+        return self.apply_async(args, kwargs)
+
     def _merge(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                options: dict[str, Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         merged_options = dict(self['options'], **options) if options else dict(self['options'])

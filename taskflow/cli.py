@@ -420,7 +420,7 @@ def control(obj: _Context, app_path: str | None, method: str, arguments: tuple[s
     """Send a command to workers (revoke, rate_limit, shutdown, pool_grow, ...)."""
     app = obj.app(app_path)
     names = CONTROL_METHODS[method]
-    if len(arguments) > len(names):
+    if len(arguments) > len(names) and method != 'revoke':
         raise click.UsageError(f'{method} takes at most {len(names)} argument(s): {" ".join(names) or "none"}')
     values: dict[str, Any] = {}
     for name, raw in zip(names, arguments):

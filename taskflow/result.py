@@ -69,6 +69,9 @@ class AsyncResult:
             self._cache = self.backend.wait_for(self.id, timeout=timeout, interval=interval,
                                                 on_interval=on_interval)
         meta = self._cache
+        if self.on_ready is not None and meta['status'] in states.READY_STATES:
+            on_ready, self.on_ready = self.on_ready, None
+            on_ready(self)
         if on_message is not None:
             on_message(meta)
         if callback is not None:
@@ -101,7 +104,8 @@ class AsyncResult:
 
     def then(self, callback: Callable[..., Any], on_error: Callable[..., Any] | None = None,
              weak: bool = False) -> Any:
-        """Call ``callback(self)`` once ready (a vine promise); resolved by ``get()``."""
+        """Call ``callback(self)`` when this result is read ready by ``get()``/``wait()``
+        (a vine promise; there is no background thread that resolves it by itself)."""
         self.on_ready = promise(callback, on_error=on_error)
         return self.on_ready
 

@@ -302,9 +302,7 @@ class Task:
 
     def send_event(self, type_: str, retry: bool = True, retry_policy: Any = None, **fields: Any) -> None:
         """Send a custom event about this task (needs events enabled on the worker)."""
-        dispatcher = getattr(self.app, 'events_dispatcher', None)
-        if dispatcher is not None:
-            dispatcher(type_, uuid=self.request.id, **fields)
+        self.app.send_event(type_, uuid=self.request.id, **fields)
 
     def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
         raise NotImplementedError('add_to_chord needs a backend with a native chord join')

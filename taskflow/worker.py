@@ -268,11 +268,12 @@ class Worker:
             raise ImproperlyConfigured(f'Cannot use broker_url {self.app.conf.broker_url!r}: {reason}') from None
 
     def _run(self) -> None:
-        first = True
+        first, failures, connected_at = True, 0, time.monotonic()
         while True:
             connection = self.app.connection_for_read()
             try:
                 self._connect(connection, first)
+                connected_at = time.monotonic()
                 first = False
                 self._consume(connection)
                 self._wind_down(connection)
@@ -288,6 +289,8 @@ class Worker:
                     return
                 logger.error('consumer: Connection to broker lost: %r. Trying to re-establish the connection...', exc)
                 self._forget_undispatched()
+                failures = failures + 1 if time.monotonic() - connected_at < 5 else 1
+                time.sleep(min(0.5 * 2 ** (failures - 1), 10.0))  # a broker that keeps refusing: back off
             finally:
                 self._consumer = self._connection = None
                 if self.events is not None:
@@ -327,7 +330,8 @@ class Worker:
         self._consumer = self.app.broker.task_consumer(channel, queues, self._on_message)
         # RabbitMQ applies a basic.qos change only to consumers made after it unless it is
         # channel-wide ("global"); raising the prefetch for held ETA messages needs that.
-        apply_global = not connection.qos_semantics_matches_spec
+        apply_global = not connection.qos_semantics_matches_spec and not any(
+            (getattr(q, 'queue_arguments', None) or {}).get('x-queue-type') == 'quorum' for q in queues)
         consumer = self._consumer
         self._qos = QoS(lambda prefetch_count: consumer.qos(prefetch_count=prefetch_count,
                                                             apply_global=apply_global),
