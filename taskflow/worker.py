@@ -481,6 +481,8 @@ class Worker:
     def _dispatch_reserved(self) -> None:
         while self._reserved and len(self._active) < self.concurrency and self.mode == RUNNING:
             request = self._reserved.popleft()
+            if self._refuse_revoked(request):  # it may have expired or been revoked while waiting
+                continue
             bucket = self._bucket(request.task)
             if bucket is not None and not bucket.can_consume(1):
                 self._hold(request, time.time() + bucket.expected_time(1))
