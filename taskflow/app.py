@@ -15,7 +15,8 @@ from functools import cached_property
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from . import _state, signals
+import taskflow._state as _state
+import taskflow.signals as signals
 from .backends import by_url
 from .broker import Broker
 from .canvas import register_builtin_tasks

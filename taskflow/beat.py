@@ -51,7 +51,7 @@ import weakref
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from . import signals
+import taskflow.signals as signals
 from .backends.redis import redis_client
 from .exceptions import ImproperlyConfigured, TaskflowError
 from .schedules import crontab, maybe_schedule, schedule

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Mapping
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.pools import ProducerPool
 
-from . import transports  # noqa: F401 - registers the sqlite:// transport with kombu
+import taskflow.transports as transports  # noqa: F401 - registers the sqlite:// transport with kombu
 
-from . import signals
+import taskflow.signals as signals
 from .config import _import_object
 from .exceptions import QueueNotFound
 

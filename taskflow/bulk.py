@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from . import states
+import taskflow.states as states
 
 if TYPE_CHECKING:
     from .result import GroupResult

@@ -23,7 +23,8 @@ import logging
 import uuid
 from typing import Any, Iterable, Iterator
 
-from . import _state, states
+import taskflow._state as _state
+import taskflow.states as states
 from .exceptions import ChordError, NotRegistered
 from .protocol import Context
 from .result import AsyncResult, GroupResult, result_from_tuple

@@ -9,7 +9,8 @@ import logging
 import sys
 from typing import Any
 
-from . import _state, signals
+import taskflow._state as _state
+import taskflow.signals as signals
 
 __all__ = ['get_logger', 'get_task_logger', 'setup_logging', 'TaskFormatter']
 

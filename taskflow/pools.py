@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from billiard.pool import Pool as BilliardPool
 from typing import Any, Callable
 
-from . import _state, signals
+import taskflow._state as _state
+import taskflow.signals as signals
 from .tracer import trace_from_message
 
 __all__ = ['Pool', 'SoloPool', 'ThreadPool', 'PreforkPool', 'POOLS']

@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from vine import promise
 
-from . import _state, states
+import taskflow._state as _state
+import taskflow.states as states
 from .exceptions import TaskRevokedError, TimeoutError
 from .protocol import from_iso
 

@@ -12,7 +12,8 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-from . import _state, states
+import taskflow._state as _state
+import taskflow.states as states
 from .canvas import Signature, chunks, signature, xmap, xstarmap
 from .exceptions import MaxRetriesExceededError, NotRegistered, Retry
 from .protocol import Context

@@ -19,7 +19,9 @@ import time
 import traceback as tb_module
 from typing import Any, NamedTuple
 
-from . import _state, signals, states
+import taskflow._state as _state
+import taskflow.signals as signals
+import taskflow.states as states
 from .canvas import fail_signature, maybe_signature, on_chord_part_return, run_errbacks
 from .exceptions import Ignore, Reject, Retry
 from .protocol import Context, saferepr

@@ -33,7 +33,9 @@ from kombu import Exchange, Queue
 from kombu.common import QoS
 from kombu.utils.limits import TokenBucket
 
-from . import _state, signals, states
+import taskflow._state as _state
+import taskflow.signals as signals
+import taskflow.states as states
 from ._version import __version__
 from .canvas import run_errbacks
 from .config import mask_url

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
-from .. import states
+import taskflow.states as states
 from ..config import seconds
 from ..exceptions import TimeoutError, TaskRevokedError
 from ..protocol import (GROUP_KEYPREFIX, TASK_KEYPREFIX, Context, exception_from_meta,

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from .. import states
+import taskflow.states as states
 from ..exceptions import ImproperlyConfigured, TimeoutError
 from ..protocol import result_meta, utcnow
 from .base import PENDING_META, Backend

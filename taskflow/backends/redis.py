@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from .. import states
+import taskflow.states as states
 from ..exceptions import ImproperlyConfigured, TimeoutError
 from .base import PENDING_META, Backend
 

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .. import states
+import taskflow.states as states
 from ..exceptions import TimeoutError
 from .base import Backend
 
