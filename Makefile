@@ -1,4 +1,5 @@
-# taskflow: `make demo` runs the quickstart against a real worker; `make test` runs the suite;
+# taskflow: `make demo` runs the word-count chord on the embedded default (no server needed);
+# `make quickstart` runs the Redis quickstart against a real worker; `make test` runs the suite;
 # `make docs` builds the documentation (docs/_build/html), warnings being errors.
 # Both create .venv (python3 -m venv) when it is missing, and (re)install taskflow into it with
 # its dev extras when the venv is new or pyproject.toml changed.
@@ -12,10 +13,11 @@ REDIS_PORT ?= 6379
 # seconds to wait for a Redis we started to answer
 REDIS_WAIT ?= 20
 
-.PHONY: help venv redis demo docs test
+.PHONY: help venv redis demo quickstart docs test
 
 help:
-	@echo "make demo   set up .venv, start Redis if needed, run examples/quickstart against a real worker"
+	@echo "make demo   set up .venv, run the MapReduce word count with a real worker on the embedded SQLite default (no server)"
+	@echo "make quickstart  set up .venv, start Redis if needed, run examples/quickstart against a real worker"
 	@echo "make docs   set up .venv, build the documentation into docs/_build/html (warnings are errors)"
 	@echo "make test   set up .venv, build the docs, run the unit and integration tests (needs Redis and RabbitMQ)"
 
@@ -45,7 +47,11 @@ redis:
 		echo "Redis is up"; \
 	fi
 
-demo: venv redis
+# No broker configured: the worker and the client share ./taskflow.sqlite (queue and results).
+demo: venv
+	$(VPY) examples/wordcount/demo.py
+
+quickstart: venv redis
 	$(VPY) examples/quickstart/run_demo.py
 
 # Sphinx with -W: a warning (broken reference, bad markup) fails the build. The configuration

@@ -20,7 +20,7 @@ import taskflow.signals as signals
 from .backends import by_url
 from .broker import Broker
 from .canvas import register_builtin_tasks
-from .config import Settings
+from .config import Settings, result_backend_url
 from .control import Control
 from .events import EventDispatcher
 from .exceptions import ImproperlyConfigured, NotRegistered
@@ -331,8 +331,8 @@ class Taskflow:
     # --- results ------------------------------------------------------------------------------
     @cached_property
     def backend(self) -> Any:
-        """The result backend for ``result_backend`` (made once per app and process)."""
-        return by_url(self, self.conf.result_backend)
+        """The result backend in use (``config.result_backend_url``), made once per app and process."""
+        return by_url(self, result_backend_url(self.conf))
 
     def AsyncResult(self, id: str, backend: Any = None, task_name: str | None = None,
                     parent: Any = None) -> AsyncResult:

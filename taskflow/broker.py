@@ -20,7 +20,7 @@ from kombu.pools import ProducerPool
 import taskflow.transports as transports  # noqa: F401 - registers the sqlite:// transport with kombu
 
 import taskflow.signals as signals
-from .config import _import_object
+from .config import _import_object, broker_url
 from .exceptions import QueueNotFound
 
 __all__ = ['Broker', 'Queues', 'Router', 'connection_for']
@@ -29,7 +29,8 @@ _DELIVERY_MODES = {'persistent': 2, 'transient': 1}
 
 
 def connection_for(conf: Any, url: str | None = None, **overrides: Any) -> Connection:
-    """A kombu ``Connection`` for ``url`` (``broker_url`` by default) with the broker settings."""
+    """A kombu ``Connection`` for ``url`` (the broker in use by default: ``broker_url``, or the
+    embedded SQLite file) with the broker settings."""
     options: dict[str, Any] = {
         'transport_options': dict(conf.broker_transport_options or {}),
         'connect_timeout': conf.broker_connection_timeout,
@@ -41,7 +42,7 @@ def connection_for(conf: Any, url: str | None = None, **overrides: Any) -> Conne
     if conf.broker_transport:
         options['transport'] = conf.broker_transport
     options.update(overrides)
-    return Connection(url or conf.broker_url or 'memory://', **options)
+    return Connection(url or broker_url(conf), **options)
 
 
 class Queues(dict):

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 from .exceptions import ImproperlyConfigured, TaskflowWarning
 
-__all__ = ['Option', 'DEFAULTS', 'Settings', 'find_option']
+__all__ = ['Option', 'DEFAULTS', 'Settings', 'find_option', 'EMBEDDED_URL', 'broker_url', 'result_backend_url']
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Option] = {
     'imports': _o((), 'list', 'Modules the worker imports at start-up so their tasks are registered.'),
     'include': _o((), 'list', 'Like imports, imported after them.'),
     # --- broker
-    'broker_url': _o(None, 'str', 'Broker URL: redis://, amqp:// (pyamqp), memory:// or sqlite://; several separated by ";" for failover.'),
+    'broker_url': _o(None, 'str', 'Broker URL: redis://, amqp:// (pyamqp), memory:// or sqlite://; several separated by ";" for failover. Unset: the embedded broker in ./taskflow.sqlite.'),
     'broker_read_url': _o(None, 'str', 'Broker URL for consuming, when it differs from broker_url.'),
     'broker_write_url': _o(None, 'str', 'Broker URL for publishing, when it differs from broker_url.'),
     'broker_transport': _o(None, 'str', 'kombu transport name, when the URL does not give it.'),
@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Option] = {
     'broker_use_ssl': _o(False, 'any', 'TLS options for the broker connection (True or a dict).'),
     'broker_native_delayed_delivery_queue_type': _o('quorum', 'str', 'Queue type for native delayed delivery (RabbitMQ quorum queues).'),
     # --- results
-    'result_backend': _o(None, 'str', 'Result backend URL: redis://, db+postgresql://, sqlite://, memory://, disabled when unset.'),
+    'result_backend': _o(None, 'str', 'Result backend URL: redis://, db+postgresql://, sqlite://, memory://. Unset: the broker\'s file when the broker is SQLite (the default), else disabled.'),
     'result_serializer': _o('json', 'str', 'Serializer for stored results.'),
     'result_accept_content': _o(None, 'list', 'Content types accepted from the result backend (accept_content when unset).'),
     'result_compression': _o(None, 'str', 'Compression for stored results (gzip, bzip2, zlib).'),
@@ -231,6 +231,26 @@ _NAMESPACES = ('accept_', 'broker_', 'result_', 'redis_', 'database_', 'task_', 
 
 _TRUE = {'1', 'true', 'yes', 'on', 'y'}
 _FALSE = {'0', 'false', 'no', 'off', 'n', ''}
+
+
+#: The broker and result store when nothing is configured: one SQLite file in the working
+#: directory (``taskflow.transports.sqlite``), so the first task needs no server.
+EMBEDDED_URL = 'sqlite:///./taskflow.sqlite'
+
+
+def broker_url(conf: Mapping[str, Any]) -> Any:
+    """The broker in use: ``broker_url``, or the embedded SQLite file when none is set."""
+    return conf.get('broker_url') or EMBEDDED_URL
+
+
+def result_backend_url(conf: Mapping[str, Any]) -> str | None:
+    """The result backend in use: ``result_backend``; when none is set and the broker is SQLite
+    (the embedded default included), the broker's own file; otherwise ``None`` (results
+    disabled, as in Celery)."""
+    if conf.get('result_backend'):
+        return conf['result_backend']
+    broker = broker_url(conf)
+    return broker if isinstance(broker, str) and broker.startswith('sqlite:') else None
 
 
 def find_option(name: str) -> Option | None:

@@ -38,7 +38,7 @@ import taskflow.signals as signals
 import taskflow.states as states
 from ._version import __version__
 from .canvas import run_errbacks
-from .config import mask_url
+from .config import broker_url, mask_url, result_backend_url
 from .control import HANDLERS, RevokedSet, mailbox_for
 from .events import HEARTBEAT_FREQ, EventDispatcher
 from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
@@ -225,8 +225,8 @@ class Worker:
         lines = [
             f'taskflow {self.version} worker {self.hostname}',
             f'  app:         {self.app.main or "__main__"}',
-            f'  broker:      {mask_url(conf.broker_url or "memory://")}',
-            f'  backend:     {mask_url(conf.result_backend) if conf.result_backend else "disabled"}',
+            f'  broker:      {mask_url(broker_url(conf))}',
+            f'  backend:     {mask_url(result_backend_url(conf) or "disabled")}',
             f'  concurrency: {scaling} ({self.pool_name}), prefetch {self.prefetch_count}',
             f'  events:      {"task events on" if self.task_events else "off (-E to enable)"}',
             f'  queues:      {", ".join(q.name for q in self.consumed_queues())}',

@@ -4,19 +4,15 @@ Start a worker from the repository root::
 
     python -m taskflow -A examples.parallel_sum.tasks worker -l INFO -c 2
 
-then send the work with ``python -m examples.parallel_sum.run``. The broker and the result
-backend are Redis DBs 0 and 1 unless ``TASKFLOW_BROKER_URL`` / ``TASKFLOW_RESULT_BACKEND`` say
-otherwise (a chord needs a result backend: the body waits for every chunk's result).
+then send the work with ``python -m examples.parallel_sum.run``. With no broker configured,
+the worker and ``run`` share ``./taskflow.sqlite`` (run both from the same directory); a chord
+needs a result backend, and the embedded one keeps results in that file too.
 """
-import os
-
 from taskflow import Taskflow
 
-app = Taskflow(
-    'parallel_sum',
-    broker=os.environ.get('TASKFLOW_BROKER_URL', 'redis://127.0.0.1:6379/0'),
-    backend=os.environ.get('TASKFLOW_RESULT_BACKEND', 'redis://127.0.0.1:6379/1'),
-)
+# No broker configured: the embedded default (./taskflow.sqlite), unless TASKFLOW_BROKER_URL /
+# TASKFLOW_RESULT_BACKEND (or any other TASKFLOW_<SETTING>) say otherwise.
+app = Taskflow('parallel_sum')
 
 
 @app.task

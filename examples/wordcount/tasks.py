@@ -4,20 +4,17 @@ Start a worker from the repository root::
 
     python -m taskflow -A examples.wordcount.tasks worker -l INFO -c 2
 
-then send the work with ``python -m examples.wordcount.run``. The broker and the result backend
-are Redis DBs 0 and 1 unless ``TASKFLOW_BROKER_URL`` / ``TASKFLOW_RESULT_BACKEND`` say otherwise.
+then send the work with ``python -m examples.wordcount.run``. With no broker configured, the
+worker and ``run`` share ``./taskflow.sqlite`` (run both from the same directory).
 """
-import os
 import re
 from collections import Counter
 
 from taskflow import Taskflow
 
-app = Taskflow(
-    'wordcount',
-    broker=os.environ.get('TASKFLOW_BROKER_URL', 'redis://127.0.0.1:6379/0'),
-    backend=os.environ.get('TASKFLOW_RESULT_BACKEND', 'redis://127.0.0.1:6379/1'),
-)
+# No broker configured: the embedded default (./taskflow.sqlite), unless TASKFLOW_BROKER_URL /
+# TASKFLOW_RESULT_BACKEND (or any other TASKFLOW_<SETTING>) say otherwise.
+app = Taskflow('wordcount')
 
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")  # "don't" is one word; quotes and dashes are not words
 

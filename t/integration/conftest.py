@@ -121,7 +121,7 @@ class WorkerProcess:
                 return
             except Exception:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f'worker not ready after {timeout}s:\n{self.log()}')
+                    raise AssertionError(f'worker not ready after {timeout}s:\n{self.log()}') from None
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:

@@ -1,7 +1,8 @@
 """The canvas examples (``examples/parallel_sum``, ``examples/wordcount``) against a real worker
 started through the CLI (``python -m taskflow -A examples.<name>.tasks worker``), on Redis and on
-RabbitMQ (results in Redis). Each example's ``run.py`` sends the canvas and prints the results;
-the expected values are computed here independently.
+RabbitMQ (results in Redis), and on the embedded SQLite broker (results in its file). Each
+example's ``run.py`` sends the canvas and prints the results; the expected values are computed
+here independently.
 """
 from __future__ import annotations
 
@@ -24,10 +25,17 @@ pytestmark = pytest.mark.integration
 TEXTS = ROOT / 'examples' / 'wordcount' / 'texts'
 
 
-@pytest.fixture(params=['redis', 'amqp'])
-def example_env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+@pytest.fixture(params=['redis', 'amqp', 'sqlite'])
+def example_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment for an example's worker and ``run.py``: the test broker and backend, and a
-    queue of its own (deleted afterwards)."""
+    queue of its own (deleted afterwards); for ``sqlite``, a file of the test's own and no result
+    backend (results go to the broker's file)."""
+    if request.param == 'sqlite':
+        env = {k: v for k, v in os.environ.items() if not k.startswith(('TASKFLOW_', 'CELERY_'))}
+        env.pop('PYTHONPATH', None)
+        env['TASKFLOW_BROKER_URL'] = f'sqlite:///{tmp_path}/examples.sqlite'
+        yield env
+        return
     queue = f'tf-test-example-{request.param}-{uuid.uuid4().hex[:8]}'
     env = dict(os.environ, TASKFLOW_BROKER_URL=BROKERS[request.param],
                TASKFLOW_RESULT_BACKEND=REDIS_BACKEND_URL, TASKFLOW_TASK_DEFAULT_QUEUE=queue)

@@ -49,3 +49,33 @@ def test_quickstart_demo(tmp_path):
     assert metas['fail']['status'] == 'FAILURE'
     assert metas['fail']['result']['exc_type'] == 'ValueError'
     assert metas['flaky']['status'] == 'SUCCESS' and metas['flaky']['result'] == 2
+
+
+WORDCOUNT_DEMO = ROOT / 'examples' / 'wordcount' / 'demo.py'
+
+
+def _no_network() -> list[str]:
+    """``unshare -n`` when it works here (a network namespace without even loopback: nothing can
+    reach Redis or RabbitMQ), else nothing."""
+    try:
+        ok = subprocess.run(['unshare', '-n', 'true'], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return ['unshare', '-n'] if ok else []
+
+
+def test_wordcount_demo_runs_on_the_embedded_default(tmp_path):
+    """The README's first command: nothing configured, no server reachable; a real worker and the
+    word-count chord share ./taskflow.sqlite in the working directory."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('TASKFLOW_', 'CELERY_')) and k != 'PYTHONPATH'}
+    proc = subprocess.run([*_no_network(), sys.executable, str(WORDCOUNT_DEMO)], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=150)
+    out = proc.stdout
+    assert proc.returncode == 0, f'exit {proc.returncode}\n{out}\n{proc.stderr}'
+    assert out.startswith('broker:  sqlite:///./taskflow.sqlite\nbackend: sqlite:///./taskflow.sqlite\n'), out
+    assert 'worker ready\n' in out
+    assert 'most common: the 27, of 24, it 15, was 14' in out  # the chord's reducer ran
+    assert '  t: the 27, to 7, that 5\n' in out                  # and the group after it
+    assert out.rstrip().endswith('worker stopped (exit code 0)\ndemo: OK'), out
+    assert (tmp_path / 'taskflow.sqlite').is_file()

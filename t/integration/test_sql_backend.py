@@ -3,7 +3,10 @@ each through SQLAlchemy with Celery 5.7's tables.
 
 Each database gets tables of its own for this run, dropped afterwards: a fresh schema in
 PostgreSQL's ``test`` database, a fresh MariaDB database, a temporary SQLite file. A server
-that does not answer on 127.0.0.1 skips its tests (SQLite always runs).
+that does not answer on 127.0.0.1 skips its tests (SQLite always runs), unless
+``TF_TEST_REQUIRE_SQL=1`` (CI sets it: there, a missing server is a failure). The users are
+``postgres`` and ``root`` without a password, or ``TF_TEST_PG_USER`` / ``TF_TEST_MYSQL_USER``
+as ``user:password`` (``.ci/run`` sets them where it had to create users).
 
 Covers storing and reading (also the raw rows, which must be what Celery writes), failures
 with their exception type, ``result_extended`` fields, groups, the SUCCESS-wins rule, clean-up,
@@ -33,8 +36,17 @@ from taskflow.result import GroupResult  # noqa: E402
 from t.integration import embedded_tasks as et  # noqa: E402
 from t.integration.conftest import REDIS_BROKER_URL, ROOT, WorkerProcess, wait_for  # noqa: E402
 
-PG_ADMIN = 'postgresql+psycopg2://postgres@127.0.0.1:5432/test'
-MYSQL_ADMIN = 'mysql+pymysql://root@127.0.0.1:3306/test'
+PG_USER = os.environ.get('TF_TEST_PG_USER', 'postgres')
+MYSQL_USER = os.environ.get('TF_TEST_MYSQL_USER', 'root')
+PG_ADMIN = f'postgresql+psycopg2://{PG_USER}@127.0.0.1:5432/test'
+MYSQL_ADMIN = f'mysql+pymysql://{MYSQL_USER}@127.0.0.1:3306/test'
+REQUIRE_SQL = os.environ.get('TF_TEST_REQUIRE_SQL') == '1'
+
+
+def _skip_unless_required(reason: str) -> None:
+    if REQUIRE_SQL:
+        pytest.fail(f'{reason} (TF_TEST_REQUIRE_SQL=1)')
+    pytest.skip(reason)
 
 
 @dataclass
@@ -78,12 +90,12 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         path.unlink(missing_ok=True)
     elif request.param == 'postgresql':
         if not _reachable(PG_ADMIN):
-            pytest.skip('PostgreSQL is not answering on 127.0.0.1:5432')
+            _skip_unless_required('PostgreSQL is not answering on 127.0.0.1:5432')
         schema = f'tf_test_{run}'
         admin = sa.create_engine(PG_ADMIN)
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA {schema}'))
-        t = Target('postgresql', 'db+postgresql://postgres@127.0.0.1:5432/test', f'db+{PG_ADMIN}', schema, admin,
+        t = Target('postgresql', f'db+postgresql://{PG_USER}@127.0.0.1:5432/test', f'db+{PG_ADMIN}', schema, admin,
                    {'database_table_schemas': {'task': schema, 'group': schema}})
         yield t
         with admin.begin() as conn:
@@ -91,13 +103,14 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         admin.dispose()
     else:
         if not _reachable(MYSQL_ADMIN):
-            pytest.skip('MariaDB/MySQL is not answering on 127.0.0.1:3306')
+            _skip_unless_required('MariaDB/MySQL is not answering on 127.0.0.1:3306')
         database = f'tf_test_{run}'
         admin = sa.create_engine(MYSQL_ADMIN)
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE DATABASE {database}'))
-        url = f'mysql+pymysql://root@127.0.0.1:3306/{database}'
-        t = Target('mysql', f'db+mysql://root@127.0.0.1:3306/{database}', f'db+{url}', None, sa.create_engine(url))
+        url = f'mysql+pymysql://{MYSQL_USER}@127.0.0.1:3306/{database}'
+        t = Target('mysql', f'db+mysql://{MYSQL_USER}@127.0.0.1:3306/{database}', f'db+{url}', None,
+                   sa.create_engine(url))
         yield t
         t.engine.dispose()
         with admin.begin() as conn:

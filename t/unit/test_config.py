@@ -437,3 +437,43 @@ def test_config_from_envvar_bad_module(monkeypatch):
     with pytest.raises(ImportError):
         app.config_from_envvar('TF_TEST_CONFIG_MODULE')
     assert app.config_from_envvar('TF_TEST_CONFIG_MODULE', silent=True) is True
+
+
+# --- the embedded default ---------------------------------------------------------------------
+@pytest.mark.parametrize('broker, backend, expected_broker, expected_backend', [
+    (None, None, 'sqlite:///./taskflow.sqlite', 'sqlite:///./taskflow.sqlite'),   # nothing configured
+    ('sqlite:///jobs.db', None, 'sqlite:///jobs.db', 'sqlite:///jobs.db'),          # results beside the queue
+    ('sqlite:///jobs.db', 'redis://h/1', 'sqlite:///jobs.db', 'redis://h/1'),
+    ('redis://h/0', None, 'redis://h/0', None),                                      # Celery: results disabled
+    ('amqp://guest@h//', 'db+sqlite:///r.db', 'amqp://guest@h//', 'db+sqlite:///r.db'),
+    (None, 'redis://h/1', 'sqlite:///./taskflow.sqlite', 'redis://h/1'),
+])
+def test_broker_and_backend_in_use(broker, backend, expected_broker, expected_backend):
+    from taskflow.config import broker_url, result_backend_url
+    conf = Settings({'broker_url': broker, 'result_backend': backend}, environ={})
+    assert broker_url(conf) == expected_broker
+    assert result_backend_url(conf) == expected_backend
+    assert conf.broker_url == broker and conf.result_backend == backend  # the settings themselves stay as set
+
+
+def test_unconfigured_app_uses_the_embedded_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ('TASKFLOW_BROKER_URL', 'TASKFLOW_RESULT_BACKEND', 'CELERY_BROKER_URL', 'CELERY_RESULT_BACKEND'):
+        monkeypatch.delenv(name, raising=False)
+    from taskflow import Taskflow
+    app = Taskflow('embedded-default')
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    try:
+        result = add.delay(1, 2)
+        with app.connection_for_write() as conn:
+            assert conn.transport_cls == 'sqlite'
+        assert type(app.backend).__name__ == 'SQLiteBackend'
+        app.backend.store_result(result.id, 3, 'SUCCESS')
+        assert result.get(timeout=5) == 3
+    finally:
+        app.close()
+    assert (tmp_path / 'taskflow.sqlite').exists()

@@ -19,18 +19,13 @@ URL: ``sqlite:///relative/path`` or ``sqlite:////absolute/path`` (SQLAlchemy's f
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
-import threading
-import weakref
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import taskflow.states as states
+# the broker's file handling (a connection per thread, fork safety): often it is the same file
+import taskflow.transports.sqlite as sqlite_transport
 from ..exceptions import TimeoutError
 from .base import Backend
 
@@ -38,7 +33,9 @@ __all__ = ['SQLiteBackend', 'DEFAULT_PATH']
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = './taskflow.sqlite'
+DEFAULT_PATH = sqlite_transport.DEFAULT_PATH
+#: ``INSERT ... ON CONFLICT DO UPDATE`` (no ``RETURNING``, so older than the broker needs).
+MIN_SQLITE = (3, 24, 0)
 #: Seconds a chord body's sender holds its claim: another member may take over after it.
 CLAIM_TTL = 60.0
 #: A group index for members sent without one: they sort after the indexed ones.
@@ -74,144 +71,10 @@ CREATE TABLE IF NOT EXISTS taskflow_chord_part (
 def path_from_url(url: str | None, broker_url: str | None = None) -> str:
     """The file of ``sqlite:///path``; for a bare ``sqlite://`` the broker's file when the
     broker is SQLite too, else ``DEFAULT_PATH``."""
-    path = unquote(urlsplit(url or '').path)
-    path = path[1:] if path.startswith('/') else path
-    if path:
-        return path
+    default = DEFAULT_PATH
     if broker_url and broker_url.startswith('sqlite:') and broker_url != url:
-        return path_from_url(broker_url)
-    return DEFAULT_PATH
-
-
-class _Handle:
-    __slots__ = ('conn', 'lock', '__weakref__')
-
-    def __init__(self) -> None:
-        self.conn: sqlite3.Connection | None = None
-        self.lock = threading.Lock()
-
-
-class _File:
-    """This backend's handle on the file: a connection per thread (WAL mode, schema made once
-    per process), each used under its own lock.
-
-    Fork safety, as in ``taskflow.transports.sqlite.SQLiteFile`` (this is its twin: backends and
-    transports are separate L2 packages that do not import each other): a child forked while
-    this process has the file open inherits SQLite's per-process lock tables, and its writes
-    can get lost. So all our connections close before ``fork()`` (under their locks, held
-    until the fork is done) and reopen lazily after it.
-    """
-
-    _files: 'weakref.WeakSet[_File]' = weakref.WeakSet()
-    _created: set[tuple[int, str]] = set()
-
-    def __init__(self, path: str, busy_timeout: float, synchronous: str) -> None:
-        if synchronous.upper() not in ('OFF', 'NORMAL', 'FULL', 'EXTRA'):
-            raise ValueError(f'synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}')
-        self.path, self.busy_timeout, self.synchronous = path, busy_timeout, synchronous.upper()
-        self._pid = os.getpid()
-        self._local = threading.local()
-        self._handles: 'weakref.WeakSet[_Handle]' = weakref.WeakSet()
-        self._handles_lock = threading.Lock()
-        with _files_lock:
-            self._files.add(self)
-
-    @contextmanager
-    def use(self) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():  # forked without Python's at-fork hooks: start afresh
-            _abandoned.append((self._local, list(self._handles)))
-            self._pid, self._local, self._handles = os.getpid(), threading.local(), weakref.WeakSet()
-            self._handles_lock = threading.Lock()
-        handle: _Handle | None = getattr(self._local, 'handle', None)
-        if handle is None:
-            handle = self._local.handle = _Handle()
-            with self._handles_lock:
-                self._handles.add(handle)
-        with handle.lock:
-            if handle.conn is None:
-                handle.conn = self._open()
-            yield handle.conn
-
-    def _open(self) -> sqlite3.Connection:
-        # check_same_thread=False only so the fork hook may close it (used under handle.lock)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-        conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}')
-        conn.execute('PRAGMA journal_mode = WAL')
-        conn.execute(f'PRAGMA synchronous = {self.synchronous}')
-        key = (os.getpid(), os.path.abspath(self.path))
-        if key not in self._created:
-            conn.executescript(SCHEMA)
-            self._created.add(key)
-        return conn
-
-    def query(self, sql: str, params: Any = ()) -> list[Any]:
-        with self.use() as conn:
-            return conn.execute(sql, params).fetchall()
-
-    def run(self, sql: str, params: Any = ()) -> None:
-        with self.use() as conn:
-            conn.execute(sql, params)
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A short transaction holding the write lock from its start (``BEGIN IMMEDIATE``)."""
-        with self.use() as conn:
-            conn.execute('BEGIN IMMEDIATE')
-            try:
-                yield conn
-            except BaseException:
-                conn.execute('ROLLBACK')
-                raise
-            conn.execute('COMMIT')
-
-    def close(self) -> None:
-        handle: _Handle | None = getattr(self._local, 'handle', None)
-        if handle is not None and self._pid == os.getpid():
-            with handle.lock:
-                if handle.conn is not None:
-                    handle.conn.close()
-                    handle.conn = None
-
-    def before_fork(self) -> list[_Handle]:
-        self._handles_lock.acquire()
-        handles = list(self._handles)
-        for handle in handles:
-            handle.lock.acquire()
-            if handle.conn is not None:
-                try:
-                    handle.conn.close()
-                except sqlite3.Error:
-                    pass
-                handle.conn = None
-        return handles
-
-    def after_fork(self, handles: list[_Handle], child: bool) -> None:
-        for handle in handles:
-            handle.lock.release()
-        if child:
-            self._pid, self._local, self._handles = os.getpid(), threading.local(), weakref.WeakSet()
-        self._handles_lock.release()
-
-
-_abandoned: list[Any] = []
-_forking: list[tuple[_File, list[_Handle]]] = []
-_files_lock = threading.Lock()
-
-
-def _before_fork() -> None:
-    _files_lock.acquire()  # released after the fork: no file is added meanwhile
-    _forking[:] = [(db, db.before_fork()) for db in list(_File._files)]
-
-
-def _after_fork(child: bool) -> None:
-    for db, handles in _forking:
-        db.after_fork(handles, child)
-    _forking.clear()
-    _files_lock.release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(False),
-                    after_in_child=lambda: _after_fork(True))
+        default = sqlite_transport.path_from_url(broker_url)
+    return sqlite_transport.path_from_url(url, default)
 
 
 class SQLiteBackend(Backend):
@@ -224,7 +87,9 @@ class SQLiteBackend(Backend):
         conf = app.conf
         opts = dict(conf.result_backend_transport_options or {})
         self.path = path_from_url(url, conf.broker_url)
-        self.db = _File(self.path, float(opts.get('busy_timeout', 30.0)), str(opts.get('synchronous', 'NORMAL')))
+        self.db = sqlite_transport.SQLiteFile(
+            self.path, SCHEMA, busy_timeout=float(opts.get('busy_timeout', 30.0)),
+            synchronous=str(opts.get('synchronous', 'NORMAL')), min_version=MIN_SQLITE)
         self.max_poll_interval = float(opts.get('max_poll_interval', 0.05))
         self._next_cleanup = 0.0
 

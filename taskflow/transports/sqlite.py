@@ -139,17 +139,17 @@ def default_url() -> str:
     return f'sqlite:///{DEFAULT_PATH}'
 
 
-def path_from_url(url: str | None) -> str:
-    """The file of a ``sqlite:///path`` URL (SQLAlchemy's form); ``DEFAULT_PATH`` when empty."""
+def path_from_url(url: str | None, default: str = DEFAULT_PATH) -> str:
+    """The file of a ``sqlite:///path`` URL (SQLAlchemy's form); ``default`` when it has none."""
     if not url:
-        return DEFAULT_PATH
+        return default
     path = unquote(urlsplit(url).path)
-    return _path_from_vhost(path[1:] if path.startswith('/') else path)
+    return _path_from_vhost(path[1:] if path.startswith('/') else path, default)
 
 
-def _path_from_vhost(vhost: str | None) -> str:
+def _path_from_vhost(vhost: str | None, default: str = DEFAULT_PATH) -> str:
     # kombu gives '/' (its default virtual host) for 'sqlite://' with no path
-    return DEFAULT_PATH if not vhost or vhost == '/' else vhost
+    return default if not vhost or vhost == '/' else vhost
 
 
 # --- the file ---------------------------------------------------------------------------------
@@ -166,7 +166,8 @@ class _Handle:
 
 class SQLiteFile:
     """One SQLite file: a connection per thread (opened in WAL mode, schema created once per
-    process), used through ``query``/``run``/``write``.
+    process), used through ``query``/``run``/``write``. The embedded broker and the embedded
+    result store (``taskflow.backends.sqlite``) both use it, each with its own schema.
 
     Fork safety: SQLite keeps per-process tables of open files and the locks it believes it
     holds; a child forked while the parent has the file open inherits them, and even the
@@ -178,9 +179,10 @@ class SQLiteFile:
     _files: 'weakref.WeakSet[SQLiteFile]' = weakref.WeakSet()
     _created: set[tuple[int, str, str]] = set()
 
-    def __init__(self, path: str, schema: str, busy_timeout: float = 30.0, synchronous: str = 'NORMAL') -> None:
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise RuntimeError(f'The embedded SQLite broker needs SQLite >= 3.35 (RETURNING); '
+    def __init__(self, path: str, schema: str, busy_timeout: float = 30.0, synchronous: str = 'NORMAL',
+                 min_version: tuple[int, int, int] = MIN_SQLITE) -> None:
+        if sqlite3.sqlite_version_info < min_version:
+            raise RuntimeError(f'The embedded SQLite store needs SQLite >= {".".join(map(str, min_version))}; '
                                f'this Python has {sqlite3.sqlite_version}')
         if synchronous.upper() not in ('OFF', 'NORMAL', 'FULL', 'EXTRA'):
             raise ValueError(f'synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}')
