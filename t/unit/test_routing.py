@@ -449,3 +449,20 @@ def test_broker_is_rebuilt_on_reconfiguration():
     assert isinstance(first, Broker)
     app.config_from_object({'task_default_queue': 'changed'})
     assert app.broker is not first and app.broker.queues.default.name == 'changed'
+
+
+def test_publish_skips_entities_the_connection_already_declared():
+    from types import SimpleNamespace
+
+    from kombu import Queue
+
+    from taskflow.broker import _undeclared
+    q1, q2 = Queue('tf-a'), Queue('tf-b')
+    fresh = SimpleNamespace(connection=SimpleNamespace(declared_entities=set()))
+    assert _undeclared(fresh, [q1, q2]) == [q1, q2]
+    warm = SimpleNamespace(connection=SimpleNamespace(declared_entities={hash(q1)}))
+    assert _undeclared(warm, [q1, q2]) == [q2]
+    assert _undeclared(warm, None) is None
+    uncached = Queue('tf-c', auto_delete=True)  # kombu never caches an auto-delete queue's declaration
+    warm.connection.declared_entities.add(hash(uncached))
+    assert _undeclared(warm, [uncached]) == [uncached]
