@@ -292,6 +292,18 @@ class _Composite(Signature):
         """``chain(...)()`` / ``group(...)()``: send it, as Celery does."""
         return self.apply_async(args, kwargs)
 
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    route_name: str | None = None, **options: Any) -> Any:
+        """Send it (``_send`` of each kind). Each apply is a new run, so a copy is sent: the ids
+        frozen for this run stay out of the signature the caller holds (ids the caller froze
+        himself are kept)."""
+        fresh: _Composite = self.clone()  # type: ignore[assignment]  # from_dict gives this same kind
+        return fresh._send(args, kwargs, route_name=route_name, **options)
+
+    def _send(self, args: Iterable[Any] | None, kwargs: dict[str, Any] | None, route_name: str | None = None,
+              **options: Any) -> Any:
+        raise NotImplementedError
+
     def _merge(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                options: dict[str, Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         merged_options = dict(self['options'], **options) if options else dict(self['options'])
@@ -377,13 +389,9 @@ class chain(_Composite, subtask_type='chain'):
             _set_root_parent(last, previous)
         return last
 
-    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                    route_name: str | None = None, **options: Any) -> Any:
+    def _send(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              route_name: str | None = None, **options: Any) -> Any:
         """Send the first step; the rest ride along in its message. Returns the last result."""
-        if not options.pop('_fresh', False):
-            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
-            # of the signature the caller holds (ids the caller froze himself are kept).
-            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
         app = self.app
         args, kwargs, options = self._merge(args, kwargs, options)
         if app.conf.task_always_eager:
@@ -494,13 +502,9 @@ class group(_Composite, subtask_type='group'):
                    for i, task in enumerate(self.tasks)]
         return GroupResult(gid, results, app=self.app)
 
-    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                    route_name: str | None = None, **options: Any) -> Any:
+    def _send(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              route_name: str | None = None, **options: Any) -> Any:
         """Send every member (through one producer); returns a ``GroupResult`` in member order."""
-        if not options.pop('_fresh', False):
-            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
-            # of the signature the caller holds (ids the caller froze himself are kept).
-            return self.clone().apply_async(args, kwargs, route_name=route_name, _fresh=True, **options)
         app = self.app
         args, kwargs, options = self._merge(args, kwargs, options)
         if app.conf.task_always_eager:
@@ -629,14 +633,9 @@ class chord(_Composite, subtask_type='chord'):
         _set_root_parent(body_result, header_result)
         return body_result
 
-    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                    route_name: str | None = None, task_id: str | None = None, **options: Any) -> Any:
+    def _send(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              route_name: str | None = None, task_id: str | None = None, **options: Any) -> Any:
         """Send the header members; the body (with id ``task_id``) follows when all are done."""
-        if not options.pop('_fresh', False):
-            # Each apply is a new run: work on a copy, so the ids frozen for this run stay out
-            # of the signature the caller holds (ids the caller froze himself are kept).
-            return self.clone().apply_async(args, kwargs, route_name=route_name, task_id=task_id,
-                                            _fresh=True, **options)
         app = self.app
         body_override = (kwargs or {}).pop('body', None) if kwargs else None
         if body_override is not None:

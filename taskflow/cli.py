@@ -110,6 +110,14 @@ def app_option(fun: Callable[..., Any]) -> Callable[..., Any]:
     return click.option('-A', '--app', 'app_path', default=None, help='The app: module or module:attribute.')(fun)
 
 
+def broadcast_options(fun: Callable[..., Any]) -> Callable[..., Any]:
+    """``-t/--timeout``, ``-d/--destination`` and ``-j/--json`` of ``inspect`` and ``control``."""
+    fun = click.option('-j', '--json', 'as_json', is_flag=True, help='Print the replies as JSON.')(fun)
+    fun = click.option('-d', '--destination', help='Comma-separated node names to ask (default: all).')(fun)
+    return click.option('-t', '--timeout', type=float, default=1.0, show_default=True,
+                        help='Seconds to wait for replies.')(fun)
+
+
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
 @click.option('-A', '--app', 'app_path', envvar='TASKFLOW_APP', help='The app: module or module:attribute.')
 @click.option('-b', '--broker', help='Broker URL (overrides broker_url).')
@@ -383,9 +391,7 @@ INSPECT_METHODS = ('ping', 'active', 'reserved', 'scheduled', 'revoked', 'regist
 @app_option
 @click.argument('method', type=click.Choice(INSPECT_METHODS))
 @click.argument('arguments', nargs=-1)
-@click.option('-t', '--timeout', type=float, default=1.0, show_default=True, help='Seconds to wait for replies.')
-@click.option('-d', '--destination', help='Comma-separated node names to ask (default: all).')
-@click.option('-j', '--json', 'as_json', is_flag=True, help='Print the replies as JSON.')
+@broadcast_options
 @click.pass_obj
 def inspect(obj: _Context, app_path: str | None, method: str, arguments: tuple[str, ...], timeout: float,
             destination: str | None, as_json: bool) -> None:
@@ -411,9 +417,7 @@ CONTROL_METHODS = {
 @app_option
 @click.argument('method', type=click.Choice(sorted(CONTROL_METHODS)))
 @click.argument('arguments', nargs=-1)
-@click.option('-t', '--timeout', type=float, default=1.0, show_default=True, help='Seconds to wait for replies.')
-@click.option('-d', '--destination', help='Comma-separated node names (default: all).')
-@click.option('-j', '--json', 'as_json', is_flag=True, help='Print the replies as JSON.')
+@broadcast_options
 @click.pass_obj
 def control(obj: _Context, app_path: str | None, method: str, arguments: tuple[str, ...], timeout: float,
             destination: str | None, as_json: bool) -> None:

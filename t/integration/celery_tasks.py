@@ -1,9 +1,9 @@
 """A real Celery 5.7 app with tasks named like those of ``t/integration/tasks.py``.
 
-Two uses (see ``test_interop.py``):
+Two uses (see ``test_interop.py`` and ``test_interop_canvas.py``):
 - a ``celery worker`` subprocess runs it (``python -m celery -A t.integration.celery_tasks worker``)
-  and executes messages a taskflow client sends;
-- the test process uses it as a Celery *client* that sends to a taskflow worker.
+  and executes messages, chains and chords a taskflow client sends;
+- the test process uses it as a Celery *client* that sends tasks and canvases to a taskflow worker.
 
 The broker, backend and queue come from ``TF_TEST_BROKER``, ``TF_TEST_BACKEND`` and
 ``TF_TEST_QUEUE``, exactly like the taskflow test app. The test process reloads this module
@@ -12,6 +12,7 @@ after changing them (``importlib.reload``), so a fresh Celery app is made for ea
 from __future__ import annotations
 
 import os
+import time
 
 from celery import Celery
 
@@ -75,3 +76,28 @@ def record(path: str, value: str) -> str:
     with open(path, 'a') as fh:
         fh.write(value + '\n')
     return value
+
+
+@celery_app.task(name='t.integration.tasks.xsum')
+def xsum(numbers: list) -> int:
+    return sum(numbers)
+
+
+@celery_app.task(name='t.integration.tasks.slow_add')
+def slow_add(x: int, y: int, seconds: float = 0.5) -> int:
+    time.sleep(seconds)
+    return x + y
+
+
+@celery_app.task(name='t.integration.tasks.record_sum')
+def record_sum(numbers: list, path: str) -> int:
+    total = sum(numbers)
+    with open(path, 'a') as fh:
+        fh.write(f'{total}\n')
+    return total
+
+
+@celery_app.task(name='t.integration.tasks.on_error_record')
+def on_error_record(request, exc, traceback, path: str = '') -> None:  # noqa: ARG001
+    with open(path or '/dev/null', 'a') as fh:
+        fh.write(f'{request.id} {type(exc).__name__}\n')

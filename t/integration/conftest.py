@@ -338,3 +338,67 @@ class EventCollector:
             hits = self.of(type_, **match)
             return hits[0] if hits else None
         return wait_for(found, timeout=timeout, message=f'a {type_} event with {match}')
+
+
+# --- a real Celery 5.7 beside taskflow (test_interop.py, test_interop_canvas.py) ---------------
+def reload_celery_app(broker_name: str, queue: str) -> Any:
+    """``celery_tasks`` re-imported with the environment for ``broker_name`` and ``queue``."""
+    import importlib
+
+    from t.integration import celery_tasks  # imports Celery: only the interop tests need it
+    env = broker_env(broker_name, queue)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        module = importlib.reload(celery_tasks)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert module.celery_app.conf.broker_url == env['TF_TEST_BROKER']
+    assert module.celery_app.conf.task_default_queue == queue
+    return module
+
+
+@pytest.fixture(scope='module')
+def celery_client(broker_name: str, queue_name: str) -> Iterator[Any]:
+    """A real Celery app sending to the queue of the module's taskflow worker (results in the
+    test Redis DB)."""
+    module = reload_celery_app(broker_name, queue_name)
+    yield module
+    module.celery_app.close()
+
+
+@pytest.fixture(scope='module')
+def celery_queue(broker_name: str) -> str:
+    return f'tf-test-celery-{broker_name}-{uuid.uuid4().hex[:8]}'
+
+
+@pytest.fixture(scope='module')
+def celery_worker(broker_name: str, celery_queue: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A real ``celery worker`` (prefork, 2 processes) on a queue of its own; ready when a ``ping``
+    sent by the taskflow client round-trips."""
+    configure_app(broker_name, celery_queue)
+    env = dict(os.environ, **broker_env(broker_name, celery_queue))
+    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    name = f'celery-{uuid.uuid4().hex[:6]}'
+    cmd = [sys.executable, '-m', 'celery', '-A', 't.integration.celery_tasks', 'worker',
+           '-l', 'INFO', '-c', '2', '-P', 'prefork', '-Q', celery_queue, '-n', f'{name}@%h']
+    w = WorkerProcess(cmd, env, tmp_path_factory.mktemp('celery-worker') / 'celery-worker.log')
+    w.nodename_prefix = f'{name}@'  # type: ignore[attr-defined]
+    try:
+        w.wait_ready(timeout=60)
+        yield w
+    finally:
+        code = w.stop()
+    assert code == 0, f'celery worker exited with {code}:\n{w.log()}'
+
+
+@pytest.fixture
+def to_celery(broker_name: str, celery_queue: str, celery_worker: WorkerProcess) -> WorkerProcess:
+    """The taskflow test app, sending to the Celery worker's queue."""
+    configure_app(broker_name, celery_queue)
+    return celery_worker

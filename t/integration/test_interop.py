@@ -10,37 +10,20 @@
 """
 from __future__ import annotations
 
-import importlib
-import json
-import os
-import sys
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-import redis
 from celery.result import AsyncResult as CeleryAsyncResult
 
-from t.integration import celery_tasks, tasks
-from t.integration.conftest import (REDIS_BACKEND_URL, ROOT, WorkerProcess, broker_env,
-                                    configure_app, wait_for)
+from t.integration import tasks
+from t.integration.conftest import raw_meta, wait_for
 
 pytestmark = pytest.mark.integration
 
 EXTENDED_KEYS = {'status', 'result', 'traceback', 'children', 'date_done', 'task_id',
                  'name', 'args', 'kwargs', 'worker', 'retries', 'queue'}
-
-
-def raw_meta(task_id: str) -> dict[str, Any]:
-    """The meta stored for ``task_id``, read straight from Redis (no backend code involved)."""
-    client = redis.Redis.from_url(REDIS_BACKEND_URL)
-    try:
-        payload = client.get(f'celery-task-meta-{task_id}')
-    finally:
-        client.close()
-    assert payload is not None, f'no celery-task-meta-{task_id} in {REDIS_BACKEND_URL}'
-    return json.loads(payload)
 
 
 def parse_time(value: Any) -> datetime:
@@ -49,62 +32,6 @@ def parse_time(value: Any) -> datetime:
     return parsed
 
 
-# --- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope='module')
-def celery_client(broker_name: str, queue_name: str) -> Iterator[Any]:
-    """``celery_tasks`` re-imported for this broker: a real Celery app sending to the queue
-    of the module's taskflow worker (results in the test Redis DB)."""
-    env = broker_env(broker_name, queue_name)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        module = importlib.reload(celery_tasks)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    assert module.celery_app.conf.broker_url == env['TF_TEST_BROKER']
-    assert module.celery_app.conf.task_default_queue == queue_name
-    yield module
-    module.celery_app.close()
-
-
-@pytest.fixture(scope='module')
-def celery_queue(broker_name: str) -> str:
-    return f'tf-test-celery-{broker_name}-{uuid.uuid4().hex[:8]}'
-
-
-@pytest.fixture(scope='module')
-def celery_worker(broker_name: str, celery_queue: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A real ``celery worker`` (prefork, 2 processes) on a queue of its own; ready when a
-    ``ping`` sent by the taskflow client round-trips."""
-    configure_app(broker_name, celery_queue)
-    env = dict(os.environ, **broker_env(broker_name, celery_queue))
-    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
-    name = f'celery-{uuid.uuid4().hex[:6]}'
-    cmd = [sys.executable, '-m', 'celery', '-A', 't.integration.celery_tasks', 'worker',
-           '-l', 'INFO', '-c', '2', '-P', 'prefork', '-Q', celery_queue, '-n', f'{name}@%h']
-    w = WorkerProcess(cmd, env, tmp_path_factory.mktemp('celery-worker') / 'celery-worker.log')
-    w.nodename_prefix = f'{name}@'  # type: ignore[attr-defined]
-    try:
-        w.wait_ready(timeout=60)
-        yield w
-    finally:
-        code = w.stop()
-    assert code == 0, f'celery worker exited with {code}:\n{w.log()}'
-
-
-@pytest.fixture
-def to_celery(broker_name: str, celery_queue: str, celery_worker: WorkerProcess) -> WorkerProcess:
-    """The taskflow test app, sending to the Celery worker's queue."""
-    configure_app(broker_name, celery_queue)
-    return celery_worker
-
-
-# --- Celery client -> taskflow worker ------------------------------------------------------
 def test_celery_send_task_runs_on_taskflow_worker(broker, worker, celery_client):
     result = celery_client.celery_app.send_task('t.integration.tasks.add', (2, 2))
     assert isinstance(result, CeleryAsyncResult)

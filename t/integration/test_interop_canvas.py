@@ -1,7 +1,7 @@
 """Canvas interoperability with a real Celery 5.7, both directions, on Redis and on RabbitMQ
 (results in Redis).
 
-- Celery client -> taskflow worker: chains and chords built by ``celery_canvas_app`` (a real
+- Celery client -> taskflow worker: chains and chords built by ``celery_tasks`` (a real
   ``celery.Celery`` app whose tasks carry the names of ``tasks.py``) run on the module's taskflow
   worker; Celery's own ``AsyncResult`` reads the results. The chord joins natively in Redis
   (Celery's client wrote the chord size, taskflow's worker runs the Lua join).
@@ -14,10 +14,6 @@
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,8 +25,8 @@ from celery.result import AsyncResult as CeleryAsyncResult, GroupResult as Celer
 from taskflow import chain, chord, group, states
 from taskflow.exceptions import ChordError
 from taskflow.result import GroupResult
-from t.integration import celery_canvas_app, tasks
-from t.integration.conftest import (REDIS_BACKEND_URL, ROOT, WorkerProcess, broker_env, configure_app,
+from t.integration import tasks
+from t.integration.conftest import (REDIS_BACKEND_URL, configure_app,
                                     raw_meta, wait_for)
 
 pytestmark = pytest.mark.integration
@@ -61,65 +57,6 @@ def lines(path: Path) -> list[str]:
 
 
 # --- fixtures -------------------------------------------------------------------------------
-def reload_celery_app(broker_name: str, queue: str) -> Any:
-    """``celery_canvas_app`` re-imported with the environment for ``broker_name`` and ``queue``."""
-    env = broker_env(broker_name, queue)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        module = importlib.reload(celery_canvas_app)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    assert module.celery_app.conf.broker_url == env['TF_TEST_BROKER']
-    assert module.celery_app.conf.task_default_queue == queue
-    return module
-
-
-@pytest.fixture(scope='module')
-def celery_client(broker_name: str, queue_name: str) -> Iterator[Any]:
-    """A real Celery app sending to the queue of the module's taskflow worker."""
-    module = reload_celery_app(broker_name, queue_name)
-    yield module
-    module.celery_app.close()
-
-
-@pytest.fixture(scope='module')
-def celery_queue(broker_name: str) -> str:
-    return f'tf-test-celery-canvas-{broker_name}-{uuid.uuid4().hex[:8]}'
-
-
-@pytest.fixture(scope='module')
-def celery_worker(broker_name: str, celery_queue: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A real ``celery worker`` (prefork, 2 processes) on a queue of its own; ready when a ``ping``
-    sent by the taskflow client round-trips."""
-    configure_app(broker_name, celery_queue)
-    env = dict(os.environ, **broker_env(broker_name, celery_queue))
-    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
-    name = f'celery-{uuid.uuid4().hex[:6]}'
-    cmd = [sys.executable, '-m', 'celery', '-A', 't.integration.celery_canvas_app', 'worker',
-           '-l', 'INFO', '-c', '2', '-P', 'prefork', '-Q', celery_queue, '-n', f'{name}@%h']
-    w = WorkerProcess(cmd, env, tmp_path_factory.mktemp('celery-worker') / 'celery-worker.log')
-    w.nodename_prefix = f'{name}@'  # type: ignore[attr-defined]
-    try:
-        w.wait_ready(timeout=60)
-        yield w
-    finally:
-        code = w.stop()
-    assert code == 0, f'celery worker exited with {code}:\n{w.log()}'
-
-
-@pytest.fixture
-def to_celery(broker_name: str, celery_queue: str, celery_worker: WorkerProcess) -> Iterator[WorkerProcess]:
-    """The taskflow test app, sending to the Celery worker's queue."""
-    configure_app(broker_name, celery_queue)
-    yield celery_worker
-
-
 @pytest.fixture(params=['native', 'poll'])
 def join_mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """The taskflow client's chord join (``poll``: it sends ``celery.chord_unlock``)."""

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 from click.testing import CliRunner
 
-from taskflow import _state, signals
+from taskflow import signals
 from taskflow.app import Taskflow
 from taskflow.beat import (
     FIRE_TIME_HEADER, Beat, EmbeddedBeat, PersistentScheduler, RedisCoordinator, ScheduleEntry, Scheduler,
@@ -27,17 +27,6 @@ from taskflow.schedules import crontab, schedstate, schedule
 
 UTC = timezone.utc
 T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 def make_app(beat_schedule: dict[str, Any] | None = None, **conf: Any) -> Taskflow:

@@ -3,7 +3,6 @@ app is ``t/unit/cli_app.py`` on ``memory://``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from taskflow import __version__, _state
+from taskflow import __version__
 from taskflow.cli import cli, load_app, main
 from taskflow.exceptions import AppLoadError
 from t.unit import cli_app
@@ -21,15 +20,10 @@ UUID_RE = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
+def _restore_cli_app_urls():
+    """The CLI's -b/--result-backend options write into the shared test app's settings."""
     broker, backend = cli_app.app.conf.broker_url, cli_app.app.conf.result_backend
     yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
     cli_app.app.conf.broker_url, cli_app.app.conf.result_backend = broker, backend
     cli_app.app.config_from_object({})  # drop pools and backend made with other settings
 

@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from taskflow import _state
 from taskflow.app import Taskflow
 from taskflow.config import DEFAULTS, Option, Settings, find_option, mask_url, parse_env_value, seconds
 from taskflow.exceptions import ImproperlyConfigured, TaskflowWarning
 
 CELERY_DEFAULTS = json.loads((Path(__file__).resolve().parent / 'fixtures' / 'celery_defaults.json').read_text())
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 # --- defaults -----------------------------------------------------------------------------------

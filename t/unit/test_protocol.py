@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from kombu.utils.json import dumps as kombu_dumps
 
-from taskflow import _state, protocol
+from taskflow import protocol
 from taskflow.app import Taskflow
 from taskflow.canvas import Signature
 from taskflow.exceptions import InvalidTaskError, SecurityError
@@ -44,17 +44,6 @@ ISO_WITH_OFFSET = re.compile(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d
 def jsonable(obj: Any) -> Any:
     """What a JSON consumer of the message sees."""
     return json.loads(kombu_dumps(obj))
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 @pytest.fixture

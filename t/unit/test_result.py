@@ -4,7 +4,6 @@ reading metas written by Celery 5.7 (``fixtures/celery_result_metas.json``)."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import types
 from datetime import datetime
@@ -23,17 +22,6 @@ from taskflow.protocol import Context
 from taskflow.result import AsyncResult, EagerResult, GroupResult, ResultSet, result_from_tuple
 
 CELERY_METAS = json.loads((Path(__file__).resolve().parent / 'fixtures' / 'celery_result_metas.json').read_text())
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and where ``Broker.publish_task`` sends a message (checked against Celery 5.7's 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import types
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from kombu import Exchange, Queue
 
-from taskflow import _state, signals
+from taskflow import signals
 from taskflow.app import Taskflow
 from taskflow.broker import Broker, Queues, Router
 from taskflow.config import Settings
@@ -23,17 +22,6 @@ from taskflow.exceptions import QueueNotFound
 
 PUBLISH = json.loads((Path(__file__).resolve().parent / 'fixtures' / 'celery_publish.json').read_text())
 CELERY_RETRY_POLICY = {'max_retries': 3, 'interval_start': 0, 'interval_max': 1, 'interval_step': 0.2}
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 def conf(**values: Any) -> Settings:

@@ -4,7 +4,6 @@ options that fall back to ``app.conf``, ``shared_task``, argument checking, ``ap
 from __future__ import annotations
 
 import inspect
-import os
 import pickle
 import random
 import types
@@ -22,17 +21,6 @@ from taskflow.protocol import Context
 from taskflow.result import AsyncResult, EagerResult
 from taskflow.task import Task
 from taskflow.tracer import backoff_interval
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    for name in list(os.environ):
-        if name.startswith(('TASKFLOW_', 'CELERY_')):
-            monkeypatch.delenv(name)
-    saved = (_state._current_app, _state._default_app, list(_state._shared_tasks))
-    yield
-    _state._current_app, _state._default_app = saved[0], saved[1]
-    _state._shared_tasks[:] = saved[2]
 
 
 @pytest.fixture

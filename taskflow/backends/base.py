@@ -31,6 +31,10 @@ class Backend:
 
     #: True when chords join without the ``celery.chord_unlock`` polling task.
     supports_native_join = False
+    #: ``wait_for``'s polling: ``None`` polls every ``interval``; a local store sets a short first
+    #: pause that backs off to ``max_poll_interval``, so a fast task is seen in milliseconds.
+    first_poll_interval: float | None = None
+    max_poll_interval = 0.5
     #: True when ``wait_for`` is woken by the store rather than polling.
     supports_wakeup = False
 
@@ -162,17 +166,25 @@ class Backend:
     def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5,
                  on_interval: Any = None) -> dict[str, Any]:
         """Block until ``task_id`` is ready (polling) and return its meta; ``TimeoutError`` after
-        ``timeout`` seconds."""
+        ``timeout`` seconds. Polls every ``interval``, or, where ``first_poll_interval`` is set,
+        from that pause growing by half up to ``max_poll_interval`` (or ``interval`` if smaller)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.first_poll_interval is None:
+            cap = pause = interval
+        else:
+            cap = max(0.001, min(interval, self.max_poll_interval))
+            pause = min(self.first_poll_interval, cap)
         while True:
             meta = self.get_task_meta(task_id)
             if meta['status'] in states.READY_STATES:
                 return meta
             if on_interval is not None:
                 on_interval()
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise TimeoutError('The operation timed out.')
-            self._sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+            self._sleep(pause if deadline is None else max(0.0, min(pause, deadline - now)))
+            pause = min(pause * 1.5, cap)
 
     def _sleep(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -48,7 +48,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 import taskflow.states as states
-from ..exceptions import ImproperlyConfigured, TimeoutError
+from ..exceptions import ImproperlyConfigured
 from ..protocol import result_meta, utcnow
 from .base import PENDING_META, Backend
 
@@ -153,6 +153,7 @@ class DatabaseBackend(Backend):
     """Results in SQL tables through SQLAlchemy (see the module docstring)."""
 
     supports_native_join = False
+    first_poll_interval = 0.005  # then by half up to max_poll_interval (0.2 s by default)
 
     def __init__(self, app: Any, url: str | None = None, **options: Any) -> None:
         super().__init__(app, url)
@@ -392,25 +393,6 @@ class DatabaseBackend(Backend):
             with self.engine.begin() as conn:
                 conn.execute(sa.delete(self.tasks).where(self.tasks.c.task_id == task_id))
         self._retrying(delete)
-
-    def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5,
-                 on_interval: Any = None) -> dict[str, Any]:
-        """Poll until ``task_id`` is ready: 5 ms at first, growing to ``max_poll_interval`` (or
-        ``interval`` if smaller). ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cap = max(0.001, min(interval, self.max_poll_interval))
-        pause = min(0.005, cap)
-        while True:
-            meta = self.get_task_meta(task_id)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            if on_interval is not None:
-                on_interval()
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TimeoutError('The operation timed out.')
-            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - now)))
-            pause = min(pause * 1.5, cap)
 
     # --- groups -------------------------------------------------------------------------------------
     def save_group(self, group_id: str, result: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -235,19 +236,13 @@ class RedisBackend(Backend):
         self._cleanup_script(keys=[keys['.c'], keys['.j'], keys['.t'], keys['.s'], keys['.d']],
                              args=[token, done_ttl])
 
-    @property
+    @cached_property
     def _join_script(self) -> Any:
-        script = self.__dict__.get('_join')
-        if script is None:
-            script = self.__dict__['_join'] = self.client.register_script(JOIN_LUA)
-        return script
+        return self.client.register_script(JOIN_LUA)
 
-    @property
+    @cached_property
     def _cleanup_script(self) -> Any:
-        script = self.__dict__.get('_cleanup')
-        if script is None:
-            script = self.__dict__['_cleanup'] = self.client.register_script(CLEANUP_LUA)
-        return script
+        return self.client.register_script(CLEANUP_LUA)
 
     def close(self) -> None:
         self._reset_pubsub()

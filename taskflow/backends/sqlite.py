@@ -26,7 +26,6 @@ from typing import Any
 import taskflow.states as states
 # the broker's file handling (a connection per thread, fork safety): often it is the same file
 import taskflow.transports.sqlite as sqlite_transport
-from ..exceptions import TimeoutError
 from .base import Backend
 
 __all__ = ['SQLiteBackend', 'DEFAULT_PATH']
@@ -81,6 +80,7 @@ class SQLiteBackend(Backend):
     """Results and chord joins in a local SQLite file (see the module docstring)."""
 
     supports_native_join = True
+    first_poll_interval = 0.002  # then by half up to max_poll_interval (0.05 s by default)
 
     def __init__(self, app: Any, url: str | None = None, **options: Any) -> None:
         super().__init__(app, url)
@@ -133,26 +133,6 @@ class SQLiteBackend(Backend):
             conn.execute('DELETE FROM taskflow_chord_part WHERE group_id IN (SELECT group_id FROM taskflow_chord '
                          'WHERE expires_at IS NOT NULL AND expires_at <= ?)', (now,))
             conn.execute('DELETE FROM taskflow_chord WHERE expires_at IS NOT NULL AND expires_at <= ?', (now,))
-
-    # --- waiting ----------------------------------------------------------------------------------
-    def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5,
-                 on_interval: Any = None) -> dict[str, Any]:
-        """Poll until ``task_id`` is ready: 2 ms at first, growing to ``max_poll_interval``
-        (50 ms) or ``interval`` if smaller. ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cap = max(0.001, min(interval, self.max_poll_interval))
-        pause = min(0.002, cap)
-        while True:
-            meta = self.get_task_meta(task_id)
-            if meta['status'] in states.READY_STATES:
-                return meta
-            if on_interval is not None:
-                on_interval()
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TimeoutError('The operation timed out.')
-            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - now)))
-            pause = min(pause * 1.5, cap)
 
     # --- chords -----------------------------------------------------------------------------------
     @property
