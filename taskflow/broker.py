@@ -14,7 +14,7 @@ import re
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Consumer, Exchange, Queue, serialization
 from kombu.pools import ProducerPool
 
 import taskflow.transports as transports  # noqa: F401 - registers the sqlite:// transport with kombu
@@ -36,6 +36,34 @@ def _undeclared(producer: Any, entities: list[Any] | None) -> list[Any] | None:
     if not entities or not declared:
         return entities
     return [e for e in entities if not (e.can_cache_declaration and hash(e) in declared)]
+
+
+def _publish(producer: Any, body: Any, declare: list[Any] | None, args: dict[str, Any],
+             properties: dict[str, Any]) -> None:
+    """``producer.publish(body, declare=declare, **args, **properties)``, minus kombu's layers in the common
+    case: with nothing to declare and no compression, serialise and hand the message straight to
+    the channel (the two calls ``Producer.publish`` ends with, so the message is the same);
+    those layers (retry wrapping, declaration, keyword shuffling) were a fifth of a ``delay()``.
+    A connection error there falls back to ``Producer.publish``, which retries per the policy."""
+    declare = _undeclared(producer, declare)
+    connection = getattr(producer, 'connection', None)
+    if declare or args['compression'] or connection is None:
+        producer.publish(body, declare=declare, **args, **properties)
+        return
+    try:
+        channel = producer.channel
+        content_type, content_encoding, data = serialization.dumps(body, serializer=args['serializer'])
+        props = dict(properties, delivery_mode=args['delivery_mode'])
+        if args['expiration'] is not None:
+            props['expiration'] = str(int(args['expiration'] * 1000))
+        message = channel.prepare_message(data, args['priority'], content_type, content_encoding,
+                                          args['headers'], props)
+        channel.basic_publish(message, exchange=args['exchange'], routing_key=args['routing_key'],
+                              mandatory=False, immediate=False)
+    except tuple(connection.connection_errors):
+        if not args['retry']:
+            raise
+        producer.publish(body, declare=declare, **args, **properties)
 
 
 def connection_for(conf: Any, url: str | None = None, **overrides: Any) -> Connection:
@@ -274,13 +302,12 @@ class Broker:
         publish_args = dict(
             exchange=exchange_name or '', routing_key=routing_key, serializer=serializer or conf.task_serializer,
             compression=compression or conf.task_compression, headers=headers, priority=priority,
-            delivery_mode=delivery_mode, retry=retry, retry_policy=retry_policy,
-            expiration=expiration, **properties)
+            delivery_mode=delivery_mode, retry=retry, retry_policy=retry_policy, expiration=expiration)
         if producer is not None:
-            producer.publish(body, declare=_undeclared(producer, declare), **publish_args)
+            _publish(producer, body, declare, publish_args, properties)
         else:
             with self.producer_pool.acquire(block=True) as pooled:
-                pooled.publish(body, declare=_undeclared(pooled, declare), **publish_args)
+                _publish(pooled, body, declare, publish_args, properties)
         if signals.after_task_publish.receivers:
             signals.after_task_publish.send(sender=name, body=body, headers=headers,
                                             exchange=exchange_name, routing_key=routing_key)

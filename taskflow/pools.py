@@ -13,6 +13,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from billiard.pool import RUN, TASK, ApplyResult
 from billiard.pool import Pool as BilliardPool
 from typing import Any, Callable
 
@@ -112,6 +113,28 @@ def _process_init(app: Any, hostname: str) -> None:
     signals.worker_process_init.send(sender=None)
 
 
+class _DirectPool(BilliardPool):
+    """billiard's pool, plus ``put_job``: billiard's ``apply_async`` (with its handler threads
+    on) queues each job for its task-handler thread, which then writes it to the children's
+    pipe; that is a thread wake-up and a GIL hand-off per task on the hot path. ``put_job``
+    writes to the pipe from the calling thread. Only the worker's consumer thread writes jobs
+    (and the stop sentinels of ``PreforkPool.resize``), so writes never interleave."""
+
+    def put_job(self, func: Callable[..., Any], args: tuple[Any, ...], callback: OnDone,
+                error_callback: Callable[[Any], None], accept_callback: Callable[..., None] | None,
+                timeout: float | None, soft_timeout: float | None) -> ApplyResult | None:
+        if self._state != RUN:  # a closing pool takes no new jobs
+            return None
+        timeout, soft_timeout = timeout or self.timeout, soft_timeout or self.soft_timeout
+        job = ApplyResult(self._cache, callback, accept_callback, None, error_callback, soft_timeout,
+                          timeout, self.lost_worker_timeout, on_timeout_set=self.on_timeout_set,
+                          on_timeout_cancel=self.on_timeout_cancel)
+        if timeout or soft_timeout:
+            self._start_timeout_handler()
+        self._quick_put((TASK, (job._job, None, func, args, {})))
+        return job
+
+
 class PreforkPool(Pool):
     """Child processes from billiard: isolation, time limits, recycling."""
 
@@ -129,7 +152,7 @@ class PreforkPool(Pool):
         self._pool: Any = None
 
     def start(self) -> None:
-        self._pool = BilliardPool(processes=self.limit, initializer=_process_init,
+        self._pool = _DirectPool(processes=self.limit, initializer=_process_init,
                                   initargs=(self.app, self.hostname), threads=True,
                                   enable_timeouts=True,  # per-task limits need billiard's timeout thread
                                   **{k: v for k, v in self.options.items() if v})
@@ -139,11 +162,10 @@ class PreforkPool(Pool):
         # The process boundary: `fields` is pickled to a child, which runs the task there;
         # billiard's result thread calls `on_done` with the outcome, or with the error that
         # ended the child (TimeLimitExceeded, WorkerLostError, Terminated).
-        return self._pool.apply_async(
-            trace_from_message, (fields,), callback=on_done,
-            error_callback=lambda einfo: on_done(_unwrap(einfo)),
-            accept_callback=(lambda pid, _accepted_at: on_accepted(pid)) if on_accepted else None,
-            timeout=time_limit, soft_timeout=soft_time_limit)
+        return self._pool.put_job(
+            trace_from_message, (fields,), on_done, lambda einfo: on_done(_unwrap(einfo)),
+            (lambda pid, _accepted_at: on_accepted(pid)) if on_accepted else None,
+            time_limit, soft_time_limit)
 
     def terminate_job(self, pid: int | None, signum: int) -> bool:
         if not pid or self._pool is None:
@@ -165,7 +187,7 @@ class PreforkPool(Pool):
             # not replace it because its size was lowered first.
             self._pool._processes += delta
             for _ in range(-delta):
-                self._pool._taskqueue.put(([None], None))
+                self._pool._quick_put(None)
         self.limit += delta
         return True
 
