@@ -149,12 +149,15 @@ class Channel(kombu_redis.Channel):
             return 0
         queues = self._queue_cycle.consume(len(queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        acks, self.pending_acks = self.pending_acks, []
-        records, self.pending_records = self.pending_records, {}
+        acks, records = self._take_pending()
         prefix = self.global_keyprefix  # kombu's client prefixes only KEYS[1] of a script
-        reply = self._fetch_script(keys=[self.unacked_key], args=[
-            prefix + self.unacked_index_key, time.time(), room, len(acks), *acks,
-            len(records), *itertools.chain.from_iterable(records.items()), *(prefix + key for key in keys)])
+        try:
+            reply = self._fetch_script(keys=[self.unacked_key], args=[
+                prefix + self.unacked_index_key, time.time(), room, len(acks), *acks,
+                len(records), *itertools.chain.from_iterable(records.items()), *(prefix + key for key in keys)])
+        except Exception:
+            self._keep_pending(acks, records)
+            raise
         self.fetching = True
         try:
             for position, item in zip(reply[::2], reply[1::2]):
@@ -175,16 +178,30 @@ class Channel(kombu_redis.Channel):
         """Send the pending records and acks to the unacked index now (one round trip)."""
         if not (self.pending_acks or self.pending_records):
             return
-        acks, self.pending_acks = self.pending_acks, []
-        records, self.pending_records = self.pending_records, {}
-        with self.conn_or_acquire() as client:
-            pipe = client.pipeline()
-            if records:
-                now = time.time()
-                pipe.zadd(self.unacked_index_key, {tag: now for tag in records}).hset(self.unacked_key, mapping=records)
-            if acks:
-                pipe.zrem(self.unacked_index_key, *acks).hdel(self.unacked_key, *acks)
-            pipe.execute()
+        acks, records = self._take_pending()
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                if records:
+                    now = time.time()
+                    pipe.zadd(self.unacked_index_key, {tag: now for tag in records})
+                    pipe.hset(self.unacked_key, mapping=records)
+                if acks:
+                    pipe.zrem(self.unacked_index_key, *acks).hdel(self.unacked_key, *acks)
+                pipe.execute()
+        except Exception:
+            self._keep_pending(acks, records)
+            raise
+
+    def _take_pending(self) -> tuple[list[str], dict[str, str]]:
+        acks, records = self.pending_acks, self.pending_records
+        self.pending_acks, self.pending_records = [], {}
+        return acks, records
+
+    def _keep_pending(self, acks: list[str], records: dict[str, str]) -> None:
+        """Put back what a failed call did not send: a later call on this channel, or its close, tries again."""
+        self.pending_acks[:0] = acks
+        self.pending_records = {**records, **self.pending_records}
 
     def close(self) -> None:
         # Before kombu restores what was delivered and not acked (from the records) and so that
