@@ -16,6 +16,7 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import taskflow.broker  # noqa: F401 - registers sqlite:// with kombu
+from taskflow.config import EMBEDDED_URL
 from taskflow.transports import sqlite as tfsqlite
 
 
@@ -89,8 +90,8 @@ def test_urls_follow_sqlalchemys_form(url: str, path: str) -> None:
 
 
 def test_default_url_is_a_file_in_the_current_directory() -> None:
-    assert tfsqlite.default_url() == 'sqlite:///./taskflow.sqlite'
-    assert tfsqlite.path_from_url(tfsqlite.default_url()) == './taskflow.sqlite'
+    assert EMBEDDED_URL == 'sqlite:///./taskflow.sqlite'
+    assert tfsqlite.path_from_url(EMBEDDED_URL) == './taskflow.sqlite' == tfsqlite.DEFAULT_PATH
 
 
 def test_the_file_is_in_wal_mode_with_our_tables(connect: Callable[..., Connection], url: str) -> None:

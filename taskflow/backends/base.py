@@ -202,6 +202,13 @@ class Backend:
         self._delete(self.get_key_for_group(group_id))
 
     # --- chords (backends with a native join override these) --------------------------------
+    @property
+    def chord_ordered(self) -> bool:
+        """Whether a chord body gets its header's results in header order (``result_chord_ordered``,
+        which ``result_backend_transport_options`` may override, as in Celery)."""
+        options = self.app.conf.result_backend_transport_options or {}
+        return bool(options.get('result_chord_ordered', self.app.conf.result_chord_ordered))
+
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Record a chord's size before its header is sent (native joins only)."""
 

@@ -190,11 +190,6 @@ class RedisBackend(Backend):
         base = self.get_key_for_group(group_id)
         return {suffix: base + suffix for suffix in ('', '.j', '.t', '.s', '.d', '.c')}
 
-    @property
-    def _ordered(self) -> bool:
-        options = self.app.conf.result_backend_transport_options or {}
-        return bool(options.get('result_chord_ordered', self.app.conf.result_chord_ordered))
-
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Record how many header results complete the chord (before its first member is sent)."""
         keys = self._chord_keys(group_id)
@@ -216,11 +211,11 @@ class RedisBackend(Backend):
         ttl = int(self.expires) if self.expires else 0
         count, _added, _size, claimed = self._join_script(
             keys=[keys['.j'], keys['.t'], keys['.s'], keys['.d'], keys[''], keys['.c']],
-            args=[task_id, self.encode([1, task_id, state, result]), '1' if self._ordered else '0',
+            args=[task_id, self.encode([1, task_id, state, result]), '1' if self.chord_ordered else '0',
                   '+inf' if group_index is None else group_index, ttl, ttl, claim_ttl, token])
         if count == -1 or not claimed:
             return None
-        raw = (self.client.zrange(keys['.j'], 0, -1) if self._ordered
+        raw = (self.client.zrange(keys['.j'], 0, -1) if self.chord_ordered
                else self.client.lrange(keys['.j'], 0, -1))
         entries = []
         for item in raw:

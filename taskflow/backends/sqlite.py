@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+import taskflow.config as config
 import taskflow.states as states
 # the broker's file handling (a connection per thread, fork safety): often it is the same file
 import taskflow.transports.sqlite as sqlite_transport
@@ -86,7 +87,7 @@ class SQLiteBackend(Backend):
         super().__init__(app, url)
         conf = app.conf
         opts = dict(conf.result_backend_transport_options or {})
-        self.path = path_from_url(url, conf.broker_url)
+        self.path = path_from_url(url, config.broker_url(conf))
         self.db = sqlite_transport.SQLiteFile(
             self.path, SCHEMA, busy_timeout=float(opts.get('busy_timeout', 30.0)),
             synchronous=str(opts.get('synchronous', 'NORMAL')), min_version=MIN_SQLITE)
@@ -135,11 +136,6 @@ class SQLiteBackend(Backend):
             conn.execute('DELETE FROM taskflow_chord WHERE expires_at IS NOT NULL AND expires_at <= ?', (now,))
 
     # --- chords -----------------------------------------------------------------------------------
-    @property
-    def _ordered(self) -> bool:
-        options = self.app.conf.result_backend_transport_options or {}
-        return bool(options.get('result_chord_ordered', self.app.conf.result_chord_ordered))
-
     def set_chord_size(self, group_id: str, size: int) -> None:
         """Start a chord's join: ``size`` members complete it. A re-applied chord with the same
         group id starts afresh."""
@@ -176,7 +172,7 @@ class SQLiteBackend(Backend):
                 return None
             conn.execute('UPDATE taskflow_chord SET token = ?, claimed_until = ? WHERE group_id = ?',
                          (token, now + CLAIM_TTL, group_id))
-            order = 'group_index, seq' if self._ordered else 'seq'
+            order = 'group_index, seq' if self.chord_ordered else 'seq'
             rows = conn.execute(f'SELECT task_id, state, value FROM taskflow_chord_part WHERE group_id = ? '
                                 f'ORDER BY {order}', (group_id,)).fetchall()
         entries = []

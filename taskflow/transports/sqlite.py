@@ -28,7 +28,7 @@ path and four for an absolute one::
 
     sqlite:///taskflow.sqlite       ./taskflow.sqlite
     sqlite:////var/lib/app/q.db     /var/lib/app/q.db
-    sqlite://                       ./taskflow.sqlite (``default_url()``)
+    sqlite://                       ./taskflow.sqlite (``DEFAULT_PATH``; ``config.EMBEDDED_URL``)
 
 The file and its tables are created on first use; its directory must exist.
 
@@ -75,7 +75,7 @@ from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.base import queue_declare_ok_t
 
-__all__ = ['Transport', 'Channel', 'QoS', 'SQLiteFile', 'default_url', 'path_from_url', 'DEFAULT_PATH']
+__all__ = ['Transport', 'Channel', 'QoS', 'SQLiteFile', 'path_from_url', 'DEFAULT_PATH']
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +132,6 @@ _INSERT = ('INSERT INTO taskflow_message (queue, priority, expires_at, payload) 
 _BINDINGS = ('SELECT b.routing_key, b.pattern, b.queue FROM taskflow_binding b '
              'LEFT JOIN taskflow_queue q ON q.name = b.queue WHERE b.exchange = ? '
              'AND (q.expires IS NULL OR q.last_seen + q.expires >= ?)')
-
-
-def default_url() -> str:
-    """The embedded broker's URL when nothing is configured: ``./taskflow.sqlite``."""
-    return f'sqlite:///{DEFAULT_PATH}'
 
 
 def path_from_url(url: str | None, default: str = DEFAULT_PATH) -> str:
