@@ -366,6 +366,7 @@ class Taskflow:
         """Release pooled connections and the backend's clients."""
         if 'backend' in self.__dict__:
             self.backend.close()
+        self.broker.close()
         self._reset_clients()
 
     # --- running ------------------------------------------------------------------------------

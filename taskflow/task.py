@@ -95,6 +95,7 @@ class Task:
 
     _request_var: ContextVar[Context | None]
     _signature_cache: inspect.Signature | None = None
+    _positional_counts: tuple[float, float] = (0, 0)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -169,13 +170,18 @@ class Task:
                              link=link, link_error=link_error, shadow=shadow, task_type=self, **options)
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        sig = type(self)._signature_cache
+        cls = type(self)
+        sig = cls._signature_cache
         if sig is None:
             try:
                 sig = inspect.signature(self.run)
             except (TypeError, ValueError):
                 return
-            type(self)._signature_cache = sig
+            cls._signature_cache, cls._positional_counts = sig, _positional_counts(sig)
+        if not kwargs:  # the common call: positional arguments only, counted without bind()
+            low, high = cls._positional_counts
+            if low <= len(args) <= high:
+                return
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
@@ -338,6 +344,23 @@ def _task_by_name(name: str) -> Task:
         return app.tasks[name]
     except KeyError:
         raise NotRegistered(name) from None
+
+
+def _positional_counts(sig: inspect.Signature) -> tuple[float, float]:
+    """How many positional arguments alone satisfy ``sig``: (fewest, most). (inf, 0) when a
+    keyword-only parameter is required, so that such calls always go through ``bind``."""
+    kinds = inspect.Parameter
+    low, high = 0, 0.0
+    for param in sig.parameters.values():
+        if param.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if param.default is param.empty:
+                low += 1
+        elif param.kind is kinds.VAR_POSITIONAL:
+            high = float('inf')
+        elif param.kind is kinds.KEYWORD_ONLY and param.default is param.empty:
+            return float('inf'), 0
+    return low, high
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -555,6 +555,15 @@ def test_saferepr_of_small_values_is_repr():
         assert saferepr(value) == repr(value)
 
 
+@pytest.mark.parametrize('value', [
+    (), (1,), (1, 'a', 2.5, None, True), ('x' * 245,), ('x' * 246,), ('x' * 300,), (10 ** 29,), (10 ** 45,),
+    (-10 ** 45,), tuple(range(8)), tuple(range(9)), ('é\n\'"',), {}, ('a' * 240,) * 8])
+def test_saferepr_fast_path_is_the_bounded_repr(value):
+    """Short tuples of plain values take ``repr`` directly: it must read as the reprlib path does."""
+    slow = protocol._repr.repr(value)
+    assert saferepr(value) == (slow if len(slow) <= 1024 else slow[:1021] + '...')
+
+
 class BrokenRepr:
     def __repr__(self) -> str:
         raise RuntimeError('no repr for you')

@@ -959,3 +959,28 @@ def test_signature_of_an_unknown_task_is_sent_by_name(app):
     assert result.id == 'remote-id' and producer.calls[0][1]['headers']['task'] == 'remote.only'
     with pytest.raises(NotRegistered):
         sig.apply()
+
+
+def test_argument_check_counts_defaults_varargs_and_keyword_only(app):
+    """Positional-only calls skip ``bind`` when the count fits; every other shape still binds."""
+    @app.task
+    def defaults(x, y=1):
+        return x
+
+    @app.task
+    def star(x, *rest):
+        return x
+
+    @app.task
+    def kwonly(x, *, key):
+        return x
+
+    producer = FakeProducer()
+    defaults.apply_async((1,), producer=producer)
+    defaults.apply_async((1, 2), producer=producer)
+    star.apply_async((1, 2, 3, 4), producer=producer)
+    kwonly.apply_async((1,), {'key': 2}, producer=producer)
+    for task, args in [(defaults, ()), (defaults, (1, 2, 3)), (star, ()), (kwonly, (1,)), (kwonly, (1, 2))]:
+        with pytest.raises(TypeError, match=task.name):
+            task.apply_async(args, producer=producer)
+    assert len(producer.calls) == 4
