@@ -41,7 +41,8 @@ from .canvas import run_errbacks
 from .config import broker_url, mask_url, result_backend_url
 from .control import HANDLERS, RevokedSet, mailbox_for
 from .events import HEARTBEAT_FREQ, EventDispatcher
-from .exceptions import ImproperlyConfigured, NotRegistered, Terminated, TimeLimitExceeded, WorkerLostError
+from .exceptions import (ImproperlyConfigured, NotRegistered, TaskRevokedError, Terminated, TimeLimitExceeded,
+                         WorkerLostError)
 from .pools import POOLS, Pool, PreforkPool, SoloPool, ThreadPool
 from .protocol import Context, default_nodename, from_iso, request_from_message, saferepr
 from .tracer import Outcome, fail_rest
@@ -54,6 +55,8 @@ __all__ = ['Worker', 'parse_rate']
 logger = logging.getLogger('taskflow.worker')
 
 RUNNING, WARM, COLD = 'running', 'warm', 'cold'
+#: What a pool's result thread queues when a child takes up a queued job (``Pool.queues_ahead``).
+_ACCEPTED = object()
 _RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
 
 
@@ -78,7 +81,7 @@ class Request:
     """A task message the worker holds, with what it needs to decide and acknowledge."""
 
     __slots__ = ('message', 'fields', 'task', 'id', 'name', 'eta', 'acked', 'time_limit',
-                 'soft_time_limit', 'started', 'worker_pid', 'time_start')
+                 'soft_time_limit', 'started', 'worker_pid', 'time_start', 'job')
 
     def __init__(self, message: Any, fields: dict[str, Any], task: Any) -> None:
         self.message = message
@@ -94,6 +97,7 @@ class Request:
         self.started = 0.0
         self.time_start: float | None = None
         self.worker_pid: int | None = None
+        self.job: Any = None  # what the pool's apply_async returned
 
     @property
     def acks_late(self) -> bool:
@@ -180,6 +184,7 @@ class Worker:
         self._held: list[tuple[float, int, Request]] = []  # ETA and rate-limited, by due time
         self._seq = itertools.count()
         self._active: set[Request] = set()  # by identity: a retry reuses the task id
+        self._withdrawn: set[Request] = set()  # queued in the pool when the connection was lost
         self._qos: QoS | None = None
         self._consumer: Any = None
         self._connection: Any = None
@@ -373,7 +378,7 @@ class Worker:
             # broker round trip) first would hold the freed slot empty meanwhile (46 tasks/s on
             # RabbitMQ with -c 2 and full prefetch when it waited for the read to time out).
             timeout = self._next_wait()
-            if self._reserved and len(self._active) >= self.concurrency:
+            if self._reserved and len(self._active) >= self._capacity():
                 if self._wait_completion(timeout):
                     self._dispatch_reserved()
                 timeout = 0.001
@@ -494,7 +499,7 @@ class Worker:
         return self._buckets[name]
 
     def _dispatch_reserved(self) -> None:
-        while self._reserved and len(self._active) < self.concurrency and self.mode == RUNNING:
+        while self._reserved and len(self._active) < self._capacity() and self.mode == RUNNING:
             request = self._reserved.popleft()
             if self._refuse_revoked(request):  # it may have expired or been revoked while waiting
                 continue
@@ -504,26 +509,46 @@ class Worker:
                 continue
             self._dispatch(request)
 
+    def _capacity(self) -> int:
+        """How many tasks may be with the pool: one per slot, twice that for a pool that
+        queues a job per child ahead."""
+        assert self.pool is not None
+        return self.concurrency * 2 if self.pool.queues_ahead else self.concurrency
+
     def _dispatch(self, request: Request) -> None:
-        if not request.acks_late:
-            request.ack()
+        assert self.pool is not None
+        queued = self.pool.queues_ahead
+        if not (request.acks_late or queued):
+            request.ack()  # a queued job is acked when a child takes it up (_ACCEPTED)
         self._active.add(request)
         request.started = time.monotonic()
         request.time_start = time.time()
         if self.events is not None and self.task_events:
             self.events.send('task-started', uuid=request.id)
-        assert self.pool is not None
         put = self._completions.put
 
-        def on_accepted(pid: int) -> None:
+        def on_accepted(pid: int) -> None:  # in the pool's result thread
             request.worker_pid = pid
+            if queued:
+                put((request, _ACCEPTED))
 
-        self.pool.apply_async(request.fields, lambda outcome: put((request, outcome)),
+        request.job = self.pool.apply_async(request.fields, lambda outcome: put((request, outcome)),
                               time_limit=request.time_limit, soft_time_limit=request.soft_time_limit,
                               on_accepted=on_accepted)
 
     def _on_done(self, request: Request, outcome: Any) -> None:
+        if outcome is _ACCEPTED:  # a child took up a queued job: it runs now
+            if not request.acks_late:
+                request.ack()
+            return
         self._active.discard(request)
+        withdrawn = request in self._withdrawn
+        if withdrawn:
+            self._withdrawn.discard(request)
+        if isinstance(outcome, TaskRevokedError):  # revoked or withdrawn while queued: not run
+            if not withdrawn:  # (a withdrawn one the broker redelivers)
+                self._refuse_revoked(request)
+            return
         self.processed += 1
         self.totals[request.fields['name']] += 1
         if isinstance(outcome, Outcome):
@@ -593,10 +618,14 @@ class Worker:
 
     # --- what remote control can do --------------------------------------------------------------
     def active_requests(self) -> list[Request]:
-        return list(self._active)
+        return [r for r in self._active if not self._queued(r)]
 
     def reserved_requests(self) -> list[Request]:
-        return list(self._reserved)
+        return [r for r in self._active if self._queued(r)] + list(self._reserved)
+
+    def _queued(self, request: Request) -> bool:
+        """Sent to a queueing pool and not taken up by a child yet."""
+        return request.worker_pid is None and self.pool is not None and self.pool.queues_ahead
 
     def scheduled_requests(self) -> list[Request]:
         return [r for _, _, r in sorted(self._held) if r.eta is not None]
@@ -605,6 +634,8 @@ class Worker:
         """Never run these tasks; with ``terminate``, kill them if running now."""
         ids = list(ids)
         self.revoked.update(ids)
+        if self.pool is not None:
+            self.pool.revoke_queued(r.id for r in self._active if r.id in ids and self._queued(r))
         if terminate and self.pool is not None:
             wanted = set(ids)
             for request in list(self._active):
@@ -678,7 +709,7 @@ class Worker:
             self.events.groups = None if enabled else {'worker'}
 
     def _heartbeat_fields(self) -> dict[str, Any]:
-        return {'freq': HEARTBEAT_FREQ, 'active': len(self._active), 'processed': self.processed,
+        return {'freq': HEARTBEAT_FREQ, 'active': len(self.active_requests()), 'processed': self.processed,
                 'loadavg': list(os.getloadavg()), 'sw_ident': 'py-taskflow', 'sw_ver': self.version,
                 'sw_sys': platform.system()}
 
@@ -696,6 +727,11 @@ class Worker:
         self._held.clear()
         for request in held:
             request.reject(requeue=True)
+        for request in self._active:
+            if self._queued(request):  # unacked, so redelivered: the child must not run this copy
+                assert self.pool is not None
+                self._withdrawn.add(request)
+                self.pool.withdraw(request.job)
 
     def _install_signal_handlers(self) -> None:
         def warm(signum: int, frame: Any) -> None:

@@ -361,6 +361,28 @@ def start_redis(port: int) -> subprocess.Popen:
     return proc
 
 
+def test_a_job_queued_in_the_pool_runs_once_after_a_lost_connection(own_queue, start_worker, broker, tmp_path):
+    """A job waiting in the pool behind a running task is not acknowledged yet; when the
+    connection drops, RabbitMQ redelivers it, so the pool must not run the first copy too."""
+    if broker != 'amqp':
+        pytest.skip('closes the connection with rabbitmqctl')
+    w = start_worker('-c', '1', queue=own_queue)
+    busy = tasks.sleep.delay(2)
+    wait_for(lambda: f'[{busy.id}] received' in w.log(), timeout=10, message='the sleep')
+    path = tmp_path / 'ran'
+    queued = tasks.record.delay(str(path), 'ran')
+    wait_for(lambda: f'[{queued.id}] received' in w.log(), timeout=10, message='the queued task')
+    subprocess.run(['rabbitmqctl', 'close_all_connections', '-p', VHOST, 'taskflow test'],
+                   check=True, capture_output=True, timeout=60)
+    wait_for(lambda: 'Connection to broker lost' in w.log(), timeout=15,
+             message='the worker to notice the lost connection')
+    assert queued.get(timeout=30) == 'ran'
+    assert busy.get(timeout=30) == 2
+    assert tasks.add.delay(1, 1).get(timeout=30) == 2  # the pool has nothing left queued
+    assert path.read_text() == 'ran\n', w.log()
+    assert w.stop() == 0, w.log()
+
+
 def test_reconnect_after_broker_connection_loss(own_queue, start_worker, broker):
     if broker == 'amqp':
         w = start_worker(queue=own_queue)

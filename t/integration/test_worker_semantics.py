@@ -358,6 +358,29 @@ def test_acks_late_reject_on_worker_lost_runs_again(broker, worker, tmp_path):
     assert [tasks.add.delay(i, 1).get(timeout=10) for i in range(3)] == [1, 2, 3]  # still serves
 
 
+def test_revoke_a_task_queued_for_a_busy_child(own_queue, start_worker, tmp_path):
+    """With -c 1 the pool holds one job queued behind the running one (prefork queues ahead):
+    inspect lists it as reserved, not active; revoked there, it never runs and is REVOKED, and
+    it is acknowledged (a later worker does not get it)."""
+    w = start_worker('-c', '1', queue=own_queue)
+    node = nodename_of(w)
+    busy = tasks.tracked_sleep.delay(2)
+    wait_for(lambda: busy.state == 'STARTED', timeout=10, message='the sleep to start')
+    path = tmp_path / 'ran'
+    queued = tasks.record.delay(str(path), 'ran')
+    wait_for(lambda: queued.id in [r['id'] for r in reply_of(inspect(node).reserved(), node)], timeout=10,
+             message='the second task reserved behind the sleep')
+    assert [a['id'] for a in reply_of(inspect(node).active(), node)] == [busy.id]
+    tasks.app.control.revoke(queued.id, reply=True, destination=[node])
+    assert busy.get(timeout=10) == 2
+    wait_state(queued, 'REVOKED')
+    assert tasks.add.delay(1, 1).get(timeout=10) == 2
+    assert not path.exists()
+    assert count_lines(w.log(), 'Discarding revoked task', queued.id) == 1
+    assert w.stop() == 0, w.log()
+    assert queue_length(own_queue) == 0
+
+
 # === remote control and inspect: Python API ======================================================
 def test_ping(broker, worker):
     node = nodename_of(worker)
