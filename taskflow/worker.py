@@ -538,7 +538,9 @@ class Worker:
 
     def _on_done(self, request: Request, outcome: Any) -> None:
         if outcome is _ACCEPTED:  # a child took up a queued job: it runs now
-            if not request.acks_late:
+            # (a withdrawn one is acked only if it turns out to have run: the child accepts a
+            # job before it looks for it in the ring)
+            if not request.acks_late and request not in self._withdrawn:
                 request.ack()
             return
         self._active.discard(request)
@@ -727,11 +729,19 @@ class Worker:
         self._held.clear()
         for request in held:
             request.reject(requeue=True)
+        self._withdraw_queued()
+
+    def _withdraw_queued(self) -> int:
+        """Jobs queued in the pool and not taken up by a child are still unacked, so the broker
+        gets them back (redelivers them): the children must not run these copies."""
+        count = 0
         for request in self._active:
-            if self._queued(request):  # unacked, so redelivered: the child must not run this copy
+            if self._queued(request):
                 assert self.pool is not None
                 self._withdrawn.add(request)
                 self.pool.withdraw(request.job)
+                count += 1
+        return count
 
     def _install_signal_handlers(self) -> None:
         def warm(signum: int, frame: Any) -> None:
@@ -763,11 +773,11 @@ class Worker:
                 self._consumer.cancel()
             except Exception:
                 pass
-        # Reserved and held messages were never started and stay unacked: closing the channel
+        # Reserved, held and queued messages were never started and stay unacked: closing the channel
         # gives them back (RabbitMQ requeues a closed channel's unacked messages; kombu's Redis
         # transport restores them at close). Requeueing them one by one here instead raced with
         # a BRPOP still in flight on Redis and could strand a message.
-        held = len(self._reserved) + len(self._held)
+        held = len(self._reserved) + len(self._held) + self._withdraw_queued()
         self._reserved.clear()
         self._held.clear()
         if held:
