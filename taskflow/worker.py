@@ -184,7 +184,7 @@ class Worker:
         self._held: list[tuple[float, int, Request]] = []  # ETA and rate-limited, by due time
         self._seq = itertools.count()
         self._active: set[Request] = set()  # by identity: a retry reuses the task id
-        self._withdrawn: set[Request] = set()  # queued in the pool when the connection was lost
+        self._withdrawn: set[Request] = set()  # queued in the pool at a lost connection or shutdown
         self._qos: QoS | None = None
         self._consumer: Any = None
         self._connection: Any = None
@@ -532,9 +532,9 @@ class Worker:
             if queued:
                 put((request, _ACCEPTED))
 
-        request.job = self.pool.apply_async(request.fields, lambda outcome: put((request, outcome)),
-                              time_limit=request.time_limit, soft_time_limit=request.soft_time_limit,
-                              on_accepted=on_accepted)
+        request.job = self.pool.apply_async(
+            request.fields, lambda outcome: put((request, outcome)), time_limit=request.time_limit,
+            soft_time_limit=request.soft_time_limit, on_accepted=on_accepted)
 
     def _on_done(self, request: Request, outcome: Any) -> None:
         if outcome is _ACCEPTED:  # a child took up a queued job: it runs now
