@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from billiard.pool import RUN, TASK, ApplyResult
@@ -23,7 +22,7 @@ from typing import Any, Callable, Iterable
 import taskflow._state as _state
 import taskflow.signals as signals
 from .exceptions import TaskRevokedError
-from .protocol import from_iso
+from .protocol import is_expired
 from .tracer import trace_from_message
 
 __all__ = ['Pool', 'SoloPool', 'ThreadPool', 'PreforkPool', 'POOLS']
@@ -122,6 +121,7 @@ class ThreadPool(Pool):
 #: it runs a job. A ring: the newest entries overwrite the oldest; a job waits in the pipe
 #: behind one running task at most, so only recent ones matter.
 _RING_SLOTS, _DIGEST_SIZE = 256, 16
+_EMPTY_SLOT = bytes(_DIGEST_SIZE)
 _revoked_ring: Any = None
 
 
@@ -133,12 +133,11 @@ def _run_unless_revoked(fields: dict[str, Any], job: int) -> Any:
     """The job a child runs: the task, unless it expired, was revoked or was withdrawn while
     it waited (the worker then tells which and records it)."""
     ring = _revoked_ring
-    if ring is not None:
+    if ring is not None and ring[:_DIGEST_SIZE] != _EMPTY_SLOT:  # the first write fills slot 0
         refused = ring.raw
         if _digest('task:' + fields['id']) in refused or _digest(f'job:{job}') in refused:
             return TaskRevokedError(fields['id'])
-    expires = fields.get('expires')
-    if expires is not None and from_iso(expires).timestamp() < time.time():  # type: ignore[union-attr]
+    if is_expired(fields.get('expires')):
         return TaskRevokedError(fields['id'])
     return trace_from_message(fields)
 

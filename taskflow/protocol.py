@@ -15,6 +15,7 @@ import os
 import reprlib
 import socket
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,6 +74,12 @@ def to_iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
+def is_expired(expires: str | datetime | None) -> bool:
+    """Whether an ``expires`` header (ISO-8601, or empty) lies in the past."""
+    moment = from_iso(expires)
+    return moment is not None and moment.timestamp() < time.time()
+
+
 def from_iso(value: str | datetime | None) -> datetime | None:
     """Parse an ISO-8601 header value; a naive time is UTC (protocol v2 says so)."""
     if value is None or value == '':
@@ -113,6 +120,7 @@ _repr.maxlevel = 4
 
 
 _PLAIN = frozenset((bool, float, type(None)))
+_BIG_INT = 10 ** 30  # under reprlib's maxlong of 40 characters
 
 
 def _plain(value: Any) -> bool:
@@ -121,8 +129,6 @@ def _plain(value: Any) -> bool:
     return (kind in _PLAIN or (kind is int and -_BIG_INT < value < _BIG_INT)
             or (kind is str and len(value) < _repr.maxstring - 10))
 
-
-_BIG_INT = 10 ** 30  # under reprlib's maxlong of 40 characters
 
 
 def saferepr(obj: Any, maxlen: int = 1024) -> str:
@@ -163,14 +169,20 @@ def task_message(
         raise TypeError(f'task args must be a list or tuple, not {type(args).__name__}')
     if not isinstance(kwargs, Mapping):
         raise TypeError(f'task kwargs must be a mapping, not {type(kwargs).__name__}')
-    current = now() if (eta is not None or countdown or expires is not None) else None
+    eta_header = expires_header = None
+    if eta is not None or countdown or expires is not None:  # (no clock read for most messages)
+        current = now()
+        if eta is not None or countdown:
+            eta_header = _as_eta(eta, countdown or None, current)
+        if expires is not None:
+            expires_header = _as_expires(expires, current)
     headers = {
         'lang': 'py',
         'task': name,
         'id': task_id,
         'shadow': shadow,
-        'eta': _as_eta(eta, countdown or None, current) if (eta is not None or countdown) else None,  # type: ignore[arg-type]
-        'expires': _as_expires(expires, current) if expires is not None else None,  # type: ignore[arg-type]
+        'eta': eta_header,
+        'expires': expires_header,
         'group': group_id,
         'group_index': group_index,
         'retries': retries,

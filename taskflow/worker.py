@@ -44,7 +44,7 @@ from .events import HEARTBEAT_FREQ, EventDispatcher
 from .exceptions import (ImproperlyConfigured, NotRegistered, TaskRevokedError, Terminated, TimeLimitExceeded,
                          WorkerLostError)
 from .pools import POOLS, Pool, PreforkPool, SoloPool, ThreadPool
-from .protocol import Context, default_nodename, from_iso, request_from_message, saferepr
+from .protocol import Context, default_nodename, from_iso, is_expired, request_from_message, saferepr
 from .tracer import Outcome, fail_rest
 
 if TYPE_CHECKING:
@@ -461,8 +461,7 @@ class Worker:
 
     def _refuse_revoked(self, request: Request) -> bool:
         """Revoked or expired: record REVOKED, ack, and say so (True); else False."""
-        expires = from_iso(request.fields.get('expires'))
-        expired = expires is not None and expires.timestamp() < time.time()
+        expired = is_expired(request.fields.get('expires'))
         if not expired and request.id not in self.revoked:
             return False
         reason = 'expired' if expired else 'revoked'
@@ -634,17 +633,16 @@ class Worker:
 
     def revoke(self, ids: Iterable[str], terminate: bool = False, signum: int | None = None) -> None:
         """Never run these tasks; with ``terminate``, kill them if running now."""
-        ids = list(ids)
-        self.revoked.update(ids)
+        wanted = set(ids)
+        self.revoked.update(wanted)
         if self.pool is not None:
-            self.pool.revoke_queued(r.id for r in self._active if r.id in ids and self._queued(r))
+            self.pool.revoke_queued(r.id for r in self._active if r.id in wanted and self._queued(r))
         if terminate and self.pool is not None:
-            wanted = set(ids)
             for request in list(self._active):
                 if request.id in wanted:
                     logger.info('Terminating %s[%s] (signal %s)', request.name, request.id, signum)
                     self.pool.terminate_job(request.worker_pid, signum or signal.SIGTERM)
-        for request in [r for r in self._reserved if r.id in ids]:
+        for request in [r for r in self._reserved if r.id in wanted]:
             self._reserved.remove(request)
             self._refuse_revoked(request)
 

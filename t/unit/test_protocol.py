@@ -643,3 +643,11 @@ def test_context_children_after_clear():
     ctx = Context()
     ctx.clear()
     assert ctx.children == []
+
+
+def test_is_expired_reads_the_expires_header():
+    now = datetime.now(timezone.utc)
+    assert protocol.is_expired((now - timedelta(seconds=1)).isoformat())
+    assert not protocol.is_expired((now + timedelta(seconds=60)).isoformat())
+    assert not protocol.is_expired(None) and not protocol.is_expired('')  # no expiry
+    assert protocol.is_expired((now - timedelta(seconds=1)).replace(tzinfo=None).isoformat())  # naive = UTC
