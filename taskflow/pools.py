@@ -3,7 +3,8 @@
 
 ``apply_async(fields, on_done, time_limit, soft_time_limit)`` runs
 ``tracer.trace_from_message(fields)`` and later calls ``on_done(outcome_or_exception)`` from
-whatever thread the pool uses; the worker only queues it there.
+whatever thread the pool uses, or from the worker's own in ``collect``; the worker only queues
+it there.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from billiard.pool import RUN, TASK, ApplyResult
+from billiard.pool import RUN, TASK, ApplyResult, ResultHandler
 from billiard.pool import Pool as BilliardPool
 from billiard.sharedctypes import RawArray
 from typing import Any, Callable, Iterable
@@ -41,6 +42,15 @@ class Pool:
     #: True when the pool takes a queued job per child beyond the running ones (see
     #: ``PreforkPool``); such a job is "accepted" only when a child takes it up.
     queues_ahead = False
+    #: True when outcomes come from ``collect`` in the worker's thread, not from a thread of
+    #: the pool's own.
+    collects = False
+
+    def collect(self, timeout: float) -> bool:
+        """Read what the pool's processes finished and call their ``on_done``/``on_accepted``,
+        waiting up to ``timeout`` seconds for the first; False if nothing came (``collects``
+        pools)."""
+        return False
 
     def revoke_queued(self, task_ids: Iterable[str]) -> None:
         """Make queued jobs of these tasks end without running (``queues_ahead`` pools)."""
@@ -155,13 +165,37 @@ def _process_init(app: Any, hostname: str, ring: Any = None) -> None:
     signals.worker_process_init.send(sender=None)
 
 
+class _ResultsReadByCaller(ResultHandler):
+    """billiard's result handler, whose thread starts only when the pool stops: until then
+    ``_DirectPool.read_results`` runs its handlers in the worker's thread."""
+
+    handed_over = False
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        if self.handed_over:
+            super().start(*args, **kwargs)
+
+
 class _DirectPool(BilliardPool):
-    """billiard's pool, plus ``put_job``: billiard's ``apply_async`` (with its handler threads
-    on) queues each job for its task-handler thread, which then writes it to the children's
-    pipe; that is a thread wake-up and a GIL hand-off per task on the hot path. ``put_job``
-    writes to the pipe from the calling thread. Only the worker's consumer thread writes jobs
-    (and the stop sentinels of ``PreforkPool.resize``), so writes never interleave. ``func``
-    gets the job's number after ``args``."""
+    """billiard's pool without two of its thread hops on the hot path.
+
+    ``put_job`` writes a job to the children's pipe from the calling thread: billiard's
+    ``apply_async`` (with its handler threads on) queues it for its task-handler thread, which
+    then writes it, a thread wake-up and a GIL hand-off per task. Only the worker's consumer
+    thread writes jobs (and the stop sentinels of ``PreforkPool.resize``), so writes never
+    interleave. ``func`` gets the job's number after ``args``.
+
+    ``read_results`` reads the children's accepts and outcomes in the calling thread too: a
+    result thread woke for each of them, two per task, and fought the consumer thread for the
+    GIL on every syscall. The supervisor thread reads them as well (under the same lock) before
+    it looks for exited children, so a child's last accept is seen before its exit is; the
+    result thread of billiard takes over when the pool stops (``hand_over_results``)."""
+
+    ResultHandler = _ResultsReadByCaller
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._results_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def put_job(self, func: Callable[..., Any], args: tuple[Any, ...], callback: OnDone,
                 error_callback: Callable[[Any], None], accept_callback: Callable[..., None] | None,
@@ -177,6 +211,44 @@ class _DirectPool(BilliardPool):
         self._quick_put((TASK, (job._job, None, func, (*args, job._job), {})))
         return job
 
+    def read_results(self, timeout: float) -> bool:
+        """Handle every message the children sent, waiting up to ``timeout`` seconds for the
+        first; False if none came."""
+        with self._results_lock:
+            return self._read_results(timeout)
+
+    def _read_results(self, timeout: float) -> bool:
+        handler = self._result_handler
+        if handler.handed_over:
+            return False
+        reader = self._outqueue._reader
+        if not reader.poll(timeout):
+            return False
+        on_state_change, recv = handler.on_state_change, self._quick_get
+        while True:
+            try:
+                message = recv()
+            except (OSError, EOFError):  # the pipe is gone: the pool is being torn down
+                return True
+            if message is not None:  # (None: billiard's stop sentinel, sent only when closing)
+                on_state_change(message)
+            if not reader.poll(0):
+                return True
+
+    def _join_exited_workers(self, shutdown: bool = False) -> Any:
+        with self._results_lock:  # (the supervisor thread)
+            self._read_results(0)
+            return super()._join_exited_workers(shutdown)
+
+    def hand_over_results(self) -> None:
+        """From now on billiard's result thread reads the children's messages (it drains them
+        while the pool stops)."""
+        with self._results_lock:
+            handler = self._result_handler
+            if not handler.handed_over:
+                handler.handed_over = True
+                handler.start()
+
 
 class PreforkPool(Pool):
     """Child processes from billiard: isolation, time limits, recycling.
@@ -189,6 +261,7 @@ class PreforkPool(Pool):
 
     supports_time_limits = True
     queues_ahead = True
+    collects = True
 
     def __init__(self, limit: int, app: Any, hostname: str, max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None, time_limit: float | None = None,
@@ -213,12 +286,16 @@ class PreforkPool(Pool):
     def apply_async(self, fields: dict[str, Any], on_done: OnDone, time_limit: float | None = None,
                     soft_time_limit: float | None = None, on_accepted: Callable[[int], None] | None = None) -> Any:
         # The process boundary: `fields` is pickled to a child, which runs the task there;
-        # billiard's result thread calls `on_done` with the outcome, or with the error that
-        # ended the child (TimeLimitExceeded, WorkerLostError, Terminated).
+        # `collect` (in the worker's thread) calls `on_done` with the outcome, or billiard's
+        # threads with the error that ended the child (TimeLimitExceeded, WorkerLostError,
+        # Terminated).
         return self._pool.put_job(
             _run_unless_revoked, (fields,), on_done, lambda einfo: on_done(_unwrap(einfo)),
             (lambda pid, _accepted_at: on_accepted(pid)) if on_accepted else None,
             time_limit, soft_time_limit)
+
+    def collect(self, timeout: float) -> bool:
+        return self._pool.read_results(timeout)
 
     def revoke_queued(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -264,6 +341,7 @@ class PreforkPool(Pool):
         ``timeout`` seconds the pool is terminated instead."""
         if self._pool is None:
             return
+        self._pool.hand_over_results()
         self._pool.close()
         joiner = threading.Thread(target=self._pool.join, name='pool-join', daemon=True)
         joiner.start()
@@ -279,6 +357,7 @@ class PreforkPool(Pool):
         if self._pool is None:
             return
         children = self.processes()
+        self._pool.hand_over_results()
         stopper = threading.Thread(target=lambda: (self._pool.terminate(), self._pool.join()),
                                    name='pool-terminate', daemon=True)
         stopper.start()

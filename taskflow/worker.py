@@ -55,7 +55,7 @@ __all__ = ['Worker', 'parse_rate']
 logger = logging.getLogger('taskflow.worker')
 
 RUNNING, WARM, COLD = 'running', 'warm', 'cold'
-#: What a pool's result thread queues when a child takes up a queued job (``Pool.queues_ahead``).
+#: What a pool queues as the outcome when a child takes up a queued job (``Pool.queues_ahead``).
 _ACCEPTED = object()
 _RATE_UNITS = {'s': 1.0, 'm': 60.0, 'h': 3600.0}
 
@@ -329,7 +329,7 @@ class Worker:
             raise _GiveUp(f'Cannot connect to {connection.as_uri()}: {exc}') from exc
         self._connection = connection
         channel = connection.channel()
-        if hasattr(channel, 'batched'):  # taskflow's Redis transport: this loop drains it (see there)
+        if hasattr(channel, 'batched'):  # taskflow's Redis and AMQP transports: this loop drains them
             channel.batched = True
         queues = self.consumed_queues()
         for q in queues:
@@ -359,6 +359,8 @@ class Worker:
 
     def _on_control(self, node: Any, body: Any, message: Any) -> None:
         self.clock += 1
+        if self.pool is not None:  # what the children started or finished meanwhile counts
+            self.pool.collect(0)  # (for inspect active, revoke terminate)
         try:
             node.handle_message(body, message)
         except Exception as exc:  # a bad command must never stop the worker
@@ -407,20 +409,33 @@ class Worker:
         return wait
 
     def _wait_completion(self, timeout: float) -> bool:
-        """Handle one finished task, waiting up to ``timeout`` for it; False if none came."""
+        """Handle finished tasks, waiting up to ``timeout`` for the first; False if none came."""
+        assert self.pool is not None
+        if self.pool.collects:
+            self.pool.collect(timeout)
+            return self._handle_completions()
         try:
             self._on_done(*self._completions.get(timeout=timeout))
         except queue.Empty:
             return False
+        self._handle_completions()
         return True
 
-    def _drain_completions(self) -> None:
+    def _drain_completions(self) -> bool:
+        """Handle the finished tasks there are, without waiting; False if there were none."""
+        if self.pool is not None and self.pool.collects:
+            self.pool.collect(0)
+        return self._handle_completions()
+
+    def _handle_completions(self) -> bool:
+        handled = False
         while True:
             try:
                 item = self._completions.get_nowait()
             except queue.Empty:
-                return
+                return handled
             self._on_done(*item)
+            handled = True
 
     # --- intake ------------------------------------------------------------------------------
     def _on_message(self, message: Any) -> None:
@@ -526,7 +541,7 @@ class Worker:
             self.events.send('task-started', uuid=request.id)
         put = self._completions.put
 
-        def on_accepted(pid: int) -> None:  # in the pool's result thread
+        def on_accepted(pid: int) -> None:  # in the pool's thread, or in collect()
             request.worker_pid = pid
             if queued:
                 put((request, _ACCEPTED))
