@@ -16,7 +16,7 @@ from kombu import Connection, Consumer, Queue
 import taskflow  # noqa: F401 - registers the transports
 from taskflow.broker import _publish
 from taskflow.transports.redis import Transport as RedisTransport
-from t.integration.conftest import AMQP_URL, REDIS_BROKER_URL
+from t.integration.conftest import AMQP_URL, REDIS_BROKER_URL, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +237,83 @@ def test_publish_without_kombus_layers_sends_the_message_kombu_would(url):
     assert fast.properties == kombus.properties
     assert fast.properties['expiration'] == '30500' and fast.properties['reply_to'] == 'me'
     assert (fast.content_type, fast.content_encoding) == (kombus.content_type, kombus.content_encoding)
+
+
+# --- batched acks on RabbitMQ (the worker's mode) -------------------------------------------------
+
+def test_amqp_acks_wait_for_the_next_read_and_go_out_as_one_multiple_ack():
+    name = f'tf-test-acks-{uuid.uuid4().hex[:8]}'
+    with Connection(AMQP_URL) as conn:
+        channel = conn.channel()
+        channel.batched = True
+        queue = Queue(name, channel=channel, auto_delete=False)
+        queue.declare()
+        try:
+            producer = conn.Producer(channel)
+            for n in range(6):
+                producer.publish({'n': n}, routing_key=name)
+            received = []
+            consumer = Consumer(channel, [queue], callbacks=[lambda body, message: received.append(message)])
+            consumer.qos(prefetch_count=10)
+            consumer.consume()
+            deadline = time.monotonic() + 10
+            while len(received) < 6 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=0.2)
+                except socket.timeout:
+                    pass
+            assert [m.payload['n'] for m in received] == list(range(6))
+            amqp_connection = conn.connection
+            before = amqp_connection.bytes_sent
+            for n in (0, 1, 2, 4):  # 3 stays unacked: 4 cannot be part of the multiple ack
+                received[n].ack()
+            received[5].reject(requeue=False)
+            assert amqp_connection.bytes_sent == before + 1  # only the reject went out
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.2)  # the acks go out before the wait
+            assert amqp_connection.bytes_sent == before + 3  # one multiple ack for 0-2, one for 4
+            consumer.cancel()
+        finally:
+            conn.close()  # 3 goes back to the queue; 0, 1, 2 and 4 were acked, 5 rejected
+    with Connection(AMQP_URL) as conn:
+        queue = Queue(name, channel=conn.channel())
+        try:
+            left = wait_for(lambda: queue.get(no_ack=True), timeout=5, message='3 requeued')
+            assert left.payload == {'n': 3}
+            assert queue.get(no_ack=True) is None
+        finally:
+            queue.delete()
+
+
+def test_amqp_acks_held_back_go_out_when_the_connection_closes():
+    name = f'tf-test-acks-{uuid.uuid4().hex[:8]}'
+    with Connection(AMQP_URL) as conn:
+        channel = conn.channel()
+        channel.batched = True
+        queue = Queue(name, channel=channel, auto_delete=False)
+        queue.declare()
+        conn.Producer(channel).publish({'n': 1}, routing_key=name)
+        message = None
+        deadline = time.monotonic() + 10
+        while message is None and time.monotonic() < deadline:
+            message = queue.get(no_ack=False)
+        assert message is not None
+        assert message.delivery_tag in channel._unsettled  # a later multiple ack must not cover it
+        message.ack()  # (acked with the next flush)
+        received = []
+        conn.Producer(channel).publish({'n': 2}, routing_key=name)
+        consumer = Consumer(channel, [queue], callbacks=[lambda body, m: received.append(m)])
+        consumer.consume()
+        while not received and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.2)
+            except socket.timeout:
+                pass
+        received[0].ack()  # held back ...
+        assert conn.connection.channels_with_acks
+    # ... and sent by the close: nothing is redelivered
+    with Connection(AMQP_URL) as conn:
+        try:
+            assert Queue(name, channel=conn.channel()).get(no_ack=True) is None
+        finally:
+            Queue(name, channel=conn.channel()).delete()
