@@ -9,7 +9,6 @@ import importlib
 import logging
 import os
 import threading
-import uuid
 from datetime import datetime, timezone as dt_timezone
 from functools import cached_property
 from typing import Any, Callable, Iterable
@@ -24,7 +23,7 @@ from .config import Settings, result_backend_url
 from .control import Control
 from .events import EventDispatcher
 from .exceptions import ImproperlyConfigured, NotRegistered
-from .protocol import task_message, from_iso, utcnow
+from .protocol import task_message, from_iso, new_id, utcnow
 from .result import AsyncResult, GroupResult
 from .task import Task as BaseTask, make_task_class
 
@@ -126,7 +125,7 @@ class Taskflow:
         return datetime.now(self.timezone)
 
     def uuid(self) -> str:
-        return str(uuid.uuid4())
+        return new_id()
 
     # --- tasks --------------------------------------------------------------------------------
     def task(self, *args: Any, **options: Any) -> Any:
@@ -221,7 +220,7 @@ class Taskflow:
                   ignore_result: bool = False, argsrepr: str | None = None, kwargsrepr: str | None = None,
                   stamped_headers: Any = None, stamps: Any = None, **options: Any) -> AsyncResult:
         """Send task ``name`` by name (it need not be registered here); returns an ``AsyncResult``."""
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or new_id()
         parent = _state.get_current_worker_task()
         if parent is not None:
             request = parent.request

@@ -20,13 +20,12 @@ import copy
 import inspect
 import itertools
 import logging
-import uuid
 from typing import Any, Iterable, Iterator
 
 import taskflow._state as _state
 import taskflow.states as states
 from .exceptions import ChordError, NotRegistered
-from .protocol import Context
+from .protocol import Context, new_id
 from .result import AsyncResult, GroupResult, result_from_tuple
 
 __all__ = ['Signature', 'signature', 'maybe_signature', 'subtask', 'chain', 'group', 'chord',
@@ -166,7 +165,7 @@ class Signature(dict):
         """Fix the task id now (so the result is known before sending) and return its result.
         An id fixed earlier is kept (as Celery does): ``_id`` only names a task that has none."""
         opts = self['options']
-        opts['task_id'] = opts.get('task_id') or _id or str(uuid.uuid4())
+        opts['task_id'] = opts.get('task_id') or _id or new_id()
         for key, value in (('group_id', group_id), ('chord', chord), ('root_id', root_id),
                            ('parent_id', parent_id), ('group_index', group_index)):
             if value is not None:
@@ -254,10 +253,6 @@ def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Any:
 
 def _sigs(tasks: Iterable[Any], app: Any) -> list[Signature]:
     return [maybe_signature(t, app=app) for t in tasks]
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
 
 
 # Options that describe *where a result goes* (set by a parent composition), never copied from
@@ -496,7 +491,7 @@ class group(_Composite, subtask_type='group'):
     def freeze(self, _id: str | None = None, group_id: str | None = None, chord: Any = None,
                root_id: str | None = None, parent_id: str | None = None, group_index: int | None = None) -> Any:
         """Fix the group id (``_id``) and every member's id; returns the ``GroupResult``."""
-        gid = self['options'].get('task_id') or _id or _uuid()
+        gid = self['options'].get('task_id') or _id or new_id()
         self['options']['task_id'] = gid
         results = [task.freeze(group_id=gid, chord=chord, root_id=root_id, parent_id=parent_id, group_index=i)
                    for i, task in enumerate(self.tasks)]
@@ -531,7 +526,7 @@ class group(_Composite, subtask_type='group'):
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               **options: Any) -> Any:
         args, kwargs, options = self._merge(args, kwargs, options)
-        gid = options.pop('task_id', None) or self['options'].get('task_id') or _uuid()
+        gid = options.pop('task_id', None) or self['options'].get('task_id') or new_id()
         results = [task.clone(args, kwargs).apply(
             group_id=gid, group_index=i, **_member_options(options)) for i, task in enumerate(self.tasks)]
         return GroupResult(gid, results, app=self.app)

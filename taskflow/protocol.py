@@ -37,6 +37,19 @@ BUILTIN_TASK_NAMES = ('celery.chord_unlock', 'celery.chord', 'celery.group', 'ce
 HOSTNAME = socket.gethostname()
 
 
+def new_id() -> str:
+    """A random (version 4) UUID as text: task, group and delivery ids. Formatted from 16
+    random bytes directly: ``str(uuid.uuid4())`` builds a ``UUID`` object on the way, which
+    cost 2.5 us of the 4 per id (two ids per ``delay()``)."""
+    h = '%032x' % (_from_bytes(os.urandom(16), 'big') & _UUID4_KEEP | _UUID4_SET)
+    return f'{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}'
+
+
+_from_bytes = int.from_bytes
+_UUID4_KEEP = ~((0xf000 << 64) | (0xc000 << 48)) & ((1 << 128) - 1)  # clears version and variant bits
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
 def nodename(name: str, hostname: str) -> str:
     return f'{name}@{hostname}'
 
@@ -167,7 +180,7 @@ def task_message(
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(args, (list, tuple)):
         raise TypeError(f'task args must be a list or tuple, not {type(args).__name__}')
-    if not isinstance(kwargs, Mapping):
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):  # (typing's check is slow)
         raise TypeError(f'task kwargs must be a mapping, not {type(kwargs).__name__}')
     eta_header = expires_header = None
     if eta is not None or countdown or expires is not None:  # (no clock read for most messages)

@@ -7,7 +7,6 @@ Options left ``None`` on the class are read from ``app.conf`` when used (``acks_
 from __future__ import annotations
 
 import inspect
-import uuid
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Callable, Iterable
@@ -16,7 +15,7 @@ import taskflow._state as _state
 import taskflow.states as states
 from .canvas import Signature, chunks, signature, xmap, xstarmap
 from .exceptions import MaxRetriesExceededError, NotRegistered, Retry
-from .protocol import Context
+from .protocol import Context, new_id
 from .result import EagerResult
 from .tracer import trace_task
 
@@ -156,7 +155,7 @@ class Task:
             self._check_arguments(args, kwargs)
         app = self.app
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id or str(uuid.uuid4()), link=link,
+            return self.apply(args, kwargs, task_id=task_id or new_id(), link=link,
                               link_error=link_error, **options)
         for key in ('queue', 'routing_key', 'exchange', 'expires', 'priority', 'time_limit',
                     'soft_time_limit', 'serializer', 'compression'):
@@ -192,7 +191,7 @@ class Task:
               retries: int | None = None, throw: bool | None = None, **options: Any) -> EagerResult:
         """Run the task in this process through the same tracer as a worker; returns an
         ``EagerResult``. Exceptions propagate when ``throw`` (or ``task_eager_propagates``)."""
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or new_id()
         request = Context(
             id=task_id, name=self.name, args=list(args or ()), kwargs=dict(kwargs or {}),
             retries=retries or 0, is_eager=True, called_directly=False,

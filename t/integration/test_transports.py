@@ -12,6 +12,7 @@ import uuid
 import pytest
 import redis
 from kombu import Connection, Consumer, Queue
+from kombu.transport import redis as kombu_redis
 
 import taskflow  # noqa: F401 - registers the transports
 from taskflow.broker import _publish
@@ -237,6 +238,53 @@ def test_publish_without_kombus_layers_sends_the_message_kombu_would(url):
     assert fast.properties == kombus.properties
     assert fast.properties['expiration'] == '30500' and fast.properties['reply_to'] == 'me'
     assert (fast.content_type, fast.content_encoding) == (kombus.content_type, kombus.content_encoding)
+
+
+def test_redis_publish_writes_the_keys_kombus_transport_writes():
+    """Our LPUSH goes to the list kombu's own transport would push to: key prefix, priority step."""
+    prefix = f'tf-test-put-{uuid.uuid4().hex[:8]}:'
+    raw = redis.Redis.from_url(REDIS_BROKER_URL)
+    written = {}
+    try:
+        for transport in (RedisTransport, kombu_redis.Transport):
+            with Connection(REDIS_BROKER_URL, transport=transport,
+                            transport_options={'global_keyprefix': prefix}) as conn:
+                with conn.Producer() as producer:
+                    for priority in (None, 0, 4, 9):
+                        producer.publish({'p': priority}, routing_key='q', priority=priority)
+            keys = sorted(raw.scan_iter(match=prefix + '*'))
+            written[transport] = [(key, [json.loads(item)['body'] for item in raw.lrange(key, 0, -1)])
+                                  for key in keys]
+            for key in keys:
+                raw.delete(key)
+    finally:
+        for key in raw.scan_iter(match=prefix + '*'):
+            raw.delete(key)
+        raw.close()
+    assert written[RedisTransport] == written[kombu_redis.Transport]
+    assert len(written[RedisTransport]) == 3                   # three priority steps: 0, 3, 6/9
+
+
+def test_redis_publish_with_retry_survives_a_cut_connection():
+    """A task publish (``retry=True``) whose connection the server dropped: the channel's write
+    fails, ``_publish`` falls back to kombu's retrying publish, and both messages arrive."""
+    name = f'tf-test-cut-{uuid.uuid4().hex[:8]}'
+    args = dict(exchange='', routing_key=name, serializer='json', compression=None, headers={},
+                priority=None, delivery_mode=2, retry=True, retry_policy={'max_retries': 3},
+                expiration=None)
+    raw = redis.Redis.from_url(REDIS_BROKER_URL)
+    try:
+        with Connection(REDIS_BROKER_URL) as conn:
+            with conn.Producer() as producer:
+                _publish(producer, {'n': 1}, [], dict(args), {})
+                client_id = producer.channel._create_client().client_id()
+                raw.client_kill_filter(_id=client_id)           # the server drops the connection
+                _publish(producer, {'n': 2}, [], dict(args), {})
+        bodies = sorted(json.loads(item)['body'] for item in raw.lrange(name, 0, -1))
+        assert len(bodies) == 2
+    finally:
+        raw.delete(name)
+        raw.close()
 
 
 # --- batched acks on RabbitMQ (the worker's mode) -------------------------------------------------

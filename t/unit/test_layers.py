@@ -48,6 +48,8 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ('backends.sqlite', 'transports.sqlite'): 'the embedded result store uses the embedded broker\'s '
                                               'SQLiteFile (per-thread connections, fork safety), often '
                                               'on the same file, rather than a copy of it',
+    ('backends.redis', 'transports.redis'): 'the result store and the broker\'s publish write their '
+                                            'commands in one round trip with one helper (send_commands)',
 }
 
 #: Imports of taskflow modules inside functions that are deferred by design:

@@ -14,6 +14,7 @@ import redis
 
 import taskflow.states as states
 from ..exceptions import ImproperlyConfigured, TimeoutError
+from ..transports.redis import send_commands
 from .base import PENDING_META, Backend
 
 
@@ -38,20 +39,6 @@ def redis_client(url: str, conf: Any) -> redis.Redis:
     if parts.scheme not in ('redis', 'rediss', 'unix'):
         raise ImproperlyConfigured(f'Not a Redis URL: {url!r}')
     return redis.Redis.from_url(url, **options)
-
-
-def _round_trip(connection: Any, commands: tuple[tuple[Any, ...], ...]) -> None:
-    """Send ``commands`` in one write, then read every reply before raising the first error
-    (an unread reply would answer the connection's next command)."""
-    connection.send_packed_command(connection.pack_commands(commands))
-    error = None
-    for _ in commands:
-        try:
-            connection.read_response()
-        except redis.ResponseError as exc:
-            error = error or exc
-    if error is not None:
-        raise error
 
 
 # The chord join, atomic in Redis (Celery 5.7's keys and values, so mixed fleets agree).
@@ -129,8 +116,7 @@ class RedisBackend(Backend):
         pool = self.client.connection_pool
         connection = pool.get_connection()
         try:
-            connection.retry.call_with_retry(lambda: _round_trip(connection, commands),
-                                             lambda error: connection.disconnect())
+            send_commands(connection, commands)
         finally:
             pool.release(connection)
 

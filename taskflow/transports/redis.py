@@ -21,6 +21,9 @@
    The data layout is kombu's (``unacked`` hash, ``unacked_index`` sorted set, the same values),
    so kombu's visibility-timeout restore, and Celery workers on the same Redis, read it as theirs.
 
+3. A publish is one LPUSH written on the channel's connection, and its delivery tag a cheaper
+   UUID: kombu's redis-py command call and ``uuid4`` cost 30 us of CPU in a ``delay()``.
+
 Everything else is kombu's.
 """
 from __future__ import annotations
@@ -34,8 +37,11 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
+from redis import ResponseError
 
-__all__ = ['Channel', 'QoS', 'Transport']
+from ..protocol import new_id
+
+__all__ = ['Channel', 'QoS', 'Transport', 'send_commands']
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +87,24 @@ for k = first, #ARGV do
 end
 return out
 """
+
+
+def send_commands(connection: Any, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """Run ``commands`` on a redis-py ``connection`` in one write and one round trip, retried
+    (after a reconnect) per the connection's retry policy, as redis-py runs a command. Every
+    reply is read before the first error is raised: an unread one would answer the next command."""
+    def round_trip() -> list[Any]:
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies, error = [], None
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
+    return connection.retry.call_with_retry(round_trip, lambda _: connection.disconnect())
 
 
 class QoS(kombu_redis.QoS):
@@ -138,6 +162,15 @@ class Channel(kombu_redis.Channel):
                 kwargs['credential_provider'] = credential_provider
             client = self._sync_client = self.Client(**kwargs)
         return client
+
+    def _next_delivery_tag(self) -> str:
+        return new_id()
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if kwargs.get('_publish_batch') is not None or (self._expires and queue in self._expires):
+            return super()._put(queue, message, **kwargs)  # publish batches, x-expires: kombu's way
+        key = self.global_keyprefix + self._q_for_pri(queue, self._get_message_priority(message))
+        send_commands(self._create_client().connection, (('LPUSH', key, dumps(message)),))
 
     @cached_property
     def _fetch_script(self) -> Any:
