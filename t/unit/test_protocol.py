@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -651,3 +652,20 @@ def test_is_expired_reads_the_expires_header():
     assert not protocol.is_expired((now + timedelta(seconds=60)).isoformat())
     assert not protocol.is_expired(None) and not protocol.is_expired('')  # no expiry
     assert protocol.is_expired((now - timedelta(seconds=1)).replace(tzinfo=None).isoformat())  # naive = UTC
+
+
+def test_new_id_is_a_random_version_4_uuid_in_canonical_text():
+    ids = [protocol.new_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:500]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    # every other bit is random: across the ids each of the 122 free bits takes both values
+    values = [uuid.UUID(text).int for text in ids]
+    fixed = (0xf000 << 64) | (0xc000 << 48)
+    ones = 0
+    zeros = 0
+    for v in values:
+        ones |= v
+        zeros |= ~v
+    assert (ones & zeros) | fixed == (1 << 128) - 1
