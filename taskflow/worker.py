@@ -423,8 +423,8 @@ class Worker:
 
     def _drain_completions(self) -> bool:
         """Handle the finished tasks there are, without waiting; False if there were none."""
-        if self.pool is not None and self.pool.collects:
-            self.pool.collect(0)
+        if self.pool is not None:
+            self.pool.collect(0)  # (a no-op for pools with threads of their own)
         return self._handle_completions()
 
     def _handle_completions(self) -> bool:

@@ -289,13 +289,27 @@ def test_redis_publish_with_retry_survives_a_cut_connection():
 
 # --- batched acks on RabbitMQ (the worker's mode) -------------------------------------------------
 
+def _batched_amqp_queue(conn):
+    """A batched channel on ``conn`` and a fresh durable queue declared on it."""
+    channel = conn.channel()
+    channel.batched = True
+    queue = Queue(f'tf-test-acks-{uuid.uuid4().hex[:8]}', channel=channel, auto_delete=False)
+    queue.declare()
+    return channel, queue
+
+
+def _drain_until(conn, done, deadline):
+    while not done() and time.monotonic() < deadline:
+        try:
+            conn.drain_events(timeout=0.2)
+        except socket.timeout:
+            pass
+
+
 def test_amqp_acks_wait_for_the_next_read_and_go_out_as_one_multiple_ack():
-    name = f'tf-test-acks-{uuid.uuid4().hex[:8]}'
     with Connection(AMQP_URL) as conn:
-        channel = conn.channel()
-        channel.batched = True
-        queue = Queue(name, channel=channel, auto_delete=False)
-        queue.declare()
+        channel, queue = _batched_amqp_queue(conn)
+        name = queue.name
         try:
             producer = conn.Producer(channel)
             for n in range(6):
@@ -304,12 +318,7 @@ def test_amqp_acks_wait_for_the_next_read_and_go_out_as_one_multiple_ack():
             consumer = Consumer(channel, [queue], callbacks=[lambda body, message: received.append(message)])
             consumer.qos(prefetch_count=10)
             consumer.consume()
-            deadline = time.monotonic() + 10
-            while len(received) < 6 and time.monotonic() < deadline:
-                try:
-                    conn.drain_events(timeout=0.2)
-                except socket.timeout:
-                    pass
+            _drain_until(conn, lambda: len(received) == 6, time.monotonic() + 10)
             assert [m.payload['n'] for m in received] == list(range(6))
             amqp_connection = conn.connection
             before = amqp_connection.bytes_sent
@@ -334,12 +343,9 @@ def test_amqp_acks_wait_for_the_next_read_and_go_out_as_one_multiple_ack():
 
 
 def test_amqp_acks_held_back_go_out_when_the_connection_closes():
-    name = f'tf-test-acks-{uuid.uuid4().hex[:8]}'
     with Connection(AMQP_URL) as conn:
-        channel = conn.channel()
-        channel.batched = True
-        queue = Queue(name, channel=channel, auto_delete=False)
-        queue.declare()
+        channel, queue = _batched_amqp_queue(conn)
+        name = queue.name
         conn.Producer(channel).publish({'n': 1}, routing_key=name)
         message = None
         deadline = time.monotonic() + 10
@@ -352,11 +358,7 @@ def test_amqp_acks_held_back_go_out_when_the_connection_closes():
         conn.Producer(channel).publish({'n': 2}, routing_key=name)
         consumer = Consumer(channel, [queue], callbacks=[lambda body, m: received.append(m)])
         consumer.consume()
-        while not received and time.monotonic() < deadline:
-            try:
-                conn.drain_events(timeout=0.2)
-            except socket.timeout:
-                pass
+        _drain_until(conn, lambda: received, deadline)
         received[0].ack()  # held back ...
         assert conn.connection.channels_with_acks
     # ... and sent by the close: nothing is redelivered
