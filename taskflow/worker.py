@@ -375,12 +375,14 @@ class Worker:
             self._housekeeping()
             # The broker is read even while every slot is busy: remote control must answer
             # then, and prefetched messages wait in _reserved (bounded by the QoS prefetch).
-            # With every slot busy, a finished task is what matters first: wait for one (up to
-            # 50 ms), fill the freed slot, then read the broker briefly; a broker wait (or a
-            # broker round trip) first would hold the freed slot empty meanwhile (46 tasks/s on
-            # RabbitMQ with -c 2 and full prefetch when it waited for the read to time out).
+            # When only the pool can move (every slot busy, or the prefetch window full), a
+            # finished task is what matters first: wait for one (up to 50 ms), fill the freed
+            # slot, then read the broker briefly; a broker wait (or a broker round trip) first
+            # would hold the freed slot empty meanwhile (46 tasks/s on RabbitMQ with -c 2 and
+            # full prefetch; 191/s with --prefetch-multiplier 1, where nothing can come from
+            # the broker until the pool's accept lets us ack).
             timeout = self._next_wait()
-            if self._reserved and len(self._active) >= self._capacity():
+            if self._only_the_pool_can_move():
                 if self._wait_completion(timeout):
                     self._dispatch_reserved()
                 timeout = 0.001
@@ -388,6 +390,21 @@ class Worker:
                 connection.drain_events(timeout=timeout)
             except socket.timeout:
                 connection.heartbeat_check(rate=heartbeat_rate)
+
+    def _only_the_pool_can_move(self) -> bool:
+        """True when what must happen next comes from the pool: every slot is busy and
+        messages wait for one, or the prefetch window is full, so the broker sends no task until
+        the pool's accept or outcome lets us ack one (``--prefetch-multiplier 1``, late acks).
+        Waiting on the broker then would leave a finished task unseen for the whole wait."""
+        if not self._active:
+            return False
+        if self._reserved and len(self._active) >= self._capacity():
+            return True
+        window = self._qos.value if self._qos is not None else 0
+        if not window:  # no prefetch limit
+            return False
+        unacked = len(self._reserved) + len(self._held) + sum(not r.acked for r in self._active)
+        return unacked >= window
 
     def _housekeeping(self) -> None:
         if self._qos is not None:
@@ -524,14 +541,14 @@ class Worker:
             self._dispatch(request)
 
     def _capacity(self) -> int:
-        """How many tasks may be with the pool: one per slot, twice that for a pool that
-        queues a job per child ahead."""
+        """How many tasks may be with the pool: one per slot, plus the jobs per slot a pool
+        that queues ahead takes."""
         assert self.pool is not None
-        return self.concurrency * 2 if self.pool.queues_ahead else self.concurrency
+        return self.concurrency * (1 + self.pool.queues_ahead)
 
     def _dispatch(self, request: Request) -> None:
         assert self.pool is not None
-        queued = self.pool.queues_ahead
+        queued = self.pool.queues_ahead > 0
         if not (request.acks_late or queued):
             request.ack()  # a queued job is acked when a child takes it up (_ACCEPTED)
         self._active.add(request)
@@ -641,7 +658,7 @@ class Worker:
 
     def _queued(self, request: Request) -> bool:
         """Sent to a queueing pool and not taken up by a child yet."""
-        return request.worker_pid is None and self.pool is not None and self.pool.queues_ahead
+        return request.worker_pid is None and self.pool is not None and self.pool.queues_ahead > 0
 
     def scheduled_requests(self) -> list[Request]:
         return [r for _, _, r in sorted(self._held) if r.eta is not None]

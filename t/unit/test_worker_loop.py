@@ -1,0 +1,80 @@
+"""The consumer loop's choice of what to wait on (``Worker._only_the_pool_can_move``): pure
+logic on the worker's counts, no broker and no children."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from kombu.common import QoS
+
+from taskflow.app import Taskflow
+from taskflow.pools import PreforkPool
+from taskflow.worker import Request, Worker
+
+app = Taskflow('t', broker='memory://', backend='memory://')
+
+
+@app.task(name='t.loop.early')
+def early() -> None:
+    pass
+
+
+@app.task(name='t.loop.late', acks_late=True)
+def late_task() -> None:
+    pass
+
+
+def request(task: Any, acked: bool = False) -> Request:
+    r = Request(SimpleNamespace(), {'id': f'id-{id(object())}', 'name': task.name}, task)
+    r.acked = acked
+    return r
+
+
+def worker(multiplier: int) -> Worker:
+    w = Worker(app, concurrency=2, pool='prefork', prefetch_multiplier=multiplier,
+               install_signal_handlers=False)
+    w.pool = PreforkPool(2, app=app, hostname='t@h')  # not started: only its shape is read
+    w._qos = QoS(lambda prefetch_count: None, w.prefetch_count)
+    return w
+
+
+@pytest.mark.parametrize('running, queued, reserved, multiplier, late, expected', [
+    # --prefetch-multiplier 1, -c 2 (window 2): two running (acked at accept), two queued in
+    # the pipe (unacked) -> the broker sends nothing until a child accepts one
+    (2, 2, 0, 1, False, True),
+    # late acks: two running, unacked, fill the window
+    (2, 0, 0, 1, True, True),
+    # one running with room in the window: the broker can still deliver
+    (1, 0, 0, 1, True, False),
+    # window of 8: four in the pool, nothing waiting -> read the broker
+    (2, 2, 0, 4, False, False),
+    # every slot busy, the pipe full (two queued per child) and messages waiting for room
+    (2, 4, 2, 4, False, True),
+    # nothing in the pool: only the broker can bring work
+    (0, 0, 2, 1, False, False),
+])
+def test_what_the_loop_waits_on(running: int, queued: int, reserved: int, multiplier: int, late: bool,
+                                expected: bool) -> None:
+    w = worker(multiplier)
+    task = late_task if late else early
+    w._active = {request(task, acked=not late) for _ in range(running)}
+    w._active |= {request(task) for _ in range(queued)}
+    w._reserved.extend(request(task) for _ in range(reserved))
+    assert w._only_the_pool_can_move() is expected
+
+
+def test_no_prefetch_limit_never_waits_on_the_pool_alone() -> None:
+    w = worker(0)  # prefetch 0: unlimited
+    w._active = {request(late_task), request(late_task)}
+    assert w._only_the_pool_can_move() is False
+
+
+def test_held_eta_messages_count_against_the_raised_window() -> None:
+    w = worker(1)
+    w._active = {request(late_task)}
+    w._held = [(0.0, 0, request(early))]
+    w._qos.increment_eventually()  # as Worker._hold does: window 3, unacked 2
+    assert w._only_the_pool_can_move() is False
+    w._active.add(request(late_task))
+    assert w._only_the_pool_can_move() is True
