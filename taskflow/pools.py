@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import select
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +178,44 @@ class _ResultsReadByCaller(ResultHandler):
             super().start(*args, **kwargs)
 
 
+class _MessageReader:
+    """Reads billiard's length-prefixed pickles off a pipe: every complete message one read
+    returned (billiard reads each message with two reads after a poll of its own)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.buffer = bytearray()
+
+    def wait(self, timeout: float) -> bool:
+        """True when there is something to read within ``timeout`` seconds."""
+        return bool(self.poller.poll(timeout * 1000))
+
+    def read(self) -> list[Any]:
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            raise EOFError
+        buffer = self.buffer
+        buffer += data
+        messages, at, end = [], 0, len(buffer)
+        view = memoryview(buffer)
+        try:
+            while end - at >= 4:
+                size = _from_bytes(view[at:at + 4], 'big', signed=True)
+                if at + 4 + size > end:
+                    break
+                messages.append(pickle.loads(view[at + 4:at + 4 + size]))
+                at += 4 + size
+        finally:
+            view.release()
+        del buffer[:at]
+        return messages
+
+
+_from_bytes = int.from_bytes
+
+
 class _DirectPool(BilliardPool):
     """billiard's pool without two of its thread hops on the hot path.
 
@@ -187,15 +227,17 @@ class _DirectPool(BilliardPool):
 
     ``read_results`` reads the children's accepts and outcomes in the calling thread too: a
     result thread woke for each of them, two per task, and fought the consumer thread for the
-    GIL on every syscall. The supervisor thread reads them as well (under the same lock) before
-    it looks for exited children, so a child's last accept is seen before its exit is; the
-    result thread of billiard takes over when the pool stops (``hand_over_results``)."""
+    GIL on every syscall. It takes every message one read returns (``_MessageReader``). The
+    supervisor thread reads them as well (under the same lock) before it looks for exited
+    children, so a child's last accept is seen before its exit is; the result thread of
+    billiard takes over when the pool stops (``hand_over_results``)."""
 
     ResultHandler = _ResultsReadByCaller
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._results_lock = threading.Lock()
         super().__init__(*args, **kwargs)
+        self._results_reader = _MessageReader(self._outqueue._reader.fileno())
 
     def put_job(self, func: Callable[..., Any], args: tuple[Any, ...], callback: OnDone,
                 error_callback: Callable[[Any], None], accept_callback: Callable[..., None] | None,
@@ -221,19 +263,23 @@ class _DirectPool(BilliardPool):
         handler = self._result_handler
         if handler.handed_over:
             return False
-        reader = self._outqueue._reader
-        if not reader.poll(timeout):
+        reader = self._results_reader
+        if not reader.wait(timeout):
             return False
-        on_state_change, recv = handler.on_state_change, self._quick_get
         while True:
             try:
-                message = recv()
+                messages = reader.read()
             except (OSError, EOFError):  # the pipe is gone: the pool is being torn down
                 return True
+            self._handle(messages)
+            if not reader.wait(0):
+                return True
+
+    def _handle(self, messages: list[Any]) -> None:
+        on_state_change = self._result_handler.on_state_change
+        for message in messages:
             if message is not None:  # (None: billiard's stop sentinel, sent only when closing)
                 on_state_change(message)
-            if not reader.poll(0):
-                return True
 
     def _join_exited_workers(self, shutdown: bool = False) -> Any:
         with self._results_lock:  # (the supervisor thread)
@@ -245,9 +291,15 @@ class _DirectPool(BilliardPool):
         while the pool stops)."""
         with self._results_lock:
             handler = self._result_handler
-            if not handler.handed_over:
-                handler.handed_over = True
-                handler.start()
+            if handler.handed_over:
+                return
+            # billiard's thread reads from a message boundary: finish the one half read here
+            # (its writer holds the pipe's lock until it is all written; 5 s for a dead one).
+            reader = self._results_reader
+            while reader.buffer and reader.wait(5.0):
+                self._handle(reader.read())
+            handler.handed_over = True
+            handler.start()
 
 
 class PreforkPool(Pool):

@@ -64,3 +64,37 @@ def test_results_are_read_by_billiards_thread_once_the_pool_stops(pool):
     outcomes, _ = put(pool, _double, 4)
     pool.stop(timeout=15)  # nobody collects: the handed-over result thread does
     assert outcomes.get(timeout=5) == 8
+
+
+def _blob(size: int, job: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+def test_many_and_large_outcomes_arrive_whole_and_in_order(pool):
+    # Outcomes larger than the pipe's buffer reach the reader in pieces; small ones arrive
+    # several to a read. Each must come out whole, once.
+    sizes = [256, 1 << 20, 512, 300 * 1024, 1024, 256 * 3]
+    got: queue.SimpleQueue = queue.SimpleQueue()
+    for size in sizes:
+        pool._pool.put_job(_blob, (size,), got.put, lambda einfo: got.put(_unwrap(einfo)), None, None, None)
+    outcomes = []
+    deadline = time.monotonic() + 30
+    while len(outcomes) < len(sizes) and time.monotonic() < deadline:
+        pool.collect(0.1)
+        while not got.empty():
+            outcomes.append(got.get_nowait())
+    assert [len(o) for o in outcomes] == sizes  # one child: in the order sent
+    assert all(o == _blob(len(o), 0) for o in outcomes)
+    assert not pool.collect(0)
+
+
+def test_a_large_outcome_half_read_at_stop_reaches_billiards_thread_whole(pool):
+    outcomes, _ = put(pool, _blob, 1 << 20)
+    reader = pool._pool._results_reader
+    with pool._pool._results_lock:  # (the supervisor thread reads under it too)
+        while not reader.buffer:  # the accept, then the first 64 KiB read of the 1 MiB outcome
+            assert reader.wait(15)
+            for message in reader.read():
+                pool._pool._result_handler.on_state_change(message)
+    pool.stop(timeout=15)
+    assert len(outcomes.get(timeout=5)) == 1 << 20
