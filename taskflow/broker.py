@@ -8,6 +8,7 @@ published through the default exchange ``''`` with the queue name as routing key
 """
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import os
 import queue
@@ -280,6 +281,19 @@ class Router:
         return options
 
 
+def _close_at_exit(ref: Callable[[], Broker | None]) -> None:
+    """Close the pooled connections properly when the interpreter exits. RabbitMQ drops the
+    messages it has read but not routed yet from a connection that just goes away (a script
+    that sent 20,000 ``delay()`` calls and exited lost the last ~100 of them one run in two);
+    it routes them all before it answers Connection.Close."""
+    broker = ref()
+    if broker is not None:
+        try:
+            broker.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; nobody is left to tell
+            pass
+
+
 class Broker:
     """The app's broker side: queues, router, connection pool and producer pool."""
 
@@ -296,6 +310,7 @@ class Broker:
             if broker is not None:
                 broker._forget_connections()
         os.register_at_fork(after_in_child=after_fork_in_child)
+        atexit.register(_close_at_exit, me)
 
     def _forget_connections(self) -> None:
         # In a forked child the parent's sockets must not be used or closed (closing an AMQP

@@ -342,6 +342,8 @@ class Channel(pyamqp.Channel):
         return super().close(*args, **kwargs)
 
 
+#: Longest wait, in seconds, for RabbitMQ's answer to Connection.Close.
+CLOSE_TIMEOUT = 10.0
 #: Most bytes one read takes beyond what the frame being read needs.
 READ_SIZE = 16384
 _FRAME_SIZE = Struct('>I').unpack_from
@@ -437,6 +439,12 @@ class Connection(pyamqp.Connection):
     def close(self, *args: Any, **kwargs: Any) -> Any:
         if self.channels_with_acks and self.connected:
             self.flush_acks()
+        sock = getattr(self.transport, 'sock', None)
+        if sock is not None:  # py-amqp waits for Close-OK without a limit: a close at interpreter
+            try:              # exit must not hang on a broker that stopped answering
+                sock.settimeout(CLOSE_TIMEOUT)
+            except OSError:
+                pass
         return super().close(*args, **kwargs)
 
     def Transport(self, host: str, connect_timeout: Any, ssl: Any = False, read_timeout: Any = None,  # noqa: N802 - py-amqp's name
