@@ -153,8 +153,9 @@ def trace_task(task: Any, request: Context, eager: bool = False) -> Outcome:
                 on_chord_part_return(task.app, request, states.SUCCESS, retval)
             task.on_success(retval, task_id, args, kwargs)
             signals.task_success.send(sender=task, result=retval)
-            logger.info('Task %s[%s] succeeded in %.6fs: %s', task.name, task_id,
-                        time.monotonic() - started, saferepr(retval, 256))
+            if logger.isEnabledFor(logging.INFO):  # (the repr costs more than the rest of this branch)
+                logger.info('Task %s[%s] succeeded in %.6fs: %s', task.name, task_id,
+                            time.monotonic() - started, saferepr(retval, 256))
         task.after_return(state, retval, task_id, args, kwargs, tb_text)
     except Exception as exc:  # our own bookkeeping failed (backend down, ...): report, don't die
         state, retval, tb_text = states.FAILURE, exc, tb_module.format_exc()

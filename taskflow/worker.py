@@ -81,7 +81,7 @@ class Request:
     """A task message the worker holds, with what it needs to decide and acknowledge."""
 
     __slots__ = ('message', 'fields', 'task', 'id', 'name', 'eta', 'acked', 'time_limit',
-                 'soft_time_limit', 'started', 'worker_pid', 'time_start', 'job')
+                 'soft_time_limit', 'worker_pid', 'time_start', 'job')
 
     def __init__(self, message: Any, fields: dict[str, Any], task: Any) -> None:
         self.message = message
@@ -94,8 +94,7 @@ class Request:
         hard, soft = (fields.get('timelimit') or (None, None))
         self.time_limit = hard or task.time_limit
         self.soft_time_limit = soft or task.soft_time_limit
-        self.started = 0.0
-        self.time_start: float | None = None
+        self.time_start: float | None = None  # when a child took it up (time.time())
         self.worker_pid: int | None = None
         self.job: Any = None  # what the pool's apply_async returned
 
@@ -552,10 +551,8 @@ class Worker:
         if not (request.acks_late or queued):
             request.ack()  # a queued job is acked when a child takes it up (_ACCEPTED)
         self._active.add(request)
-        request.started = time.monotonic()
-        request.time_start = time.time()
-        if self.events is not None and self.task_events:
-            self.events.send('task-started', uuid=request.id)
+        if not queued:
+            self._started(request)
         put = self._completions.put
 
         def on_accepted(pid: int) -> None:  # in the pool's thread, or in collect()
@@ -567,12 +564,21 @@ class Worker:
             request.fields, lambda outcome: put((request, outcome)), time_limit=request.time_limit,
             soft_time_limit=request.soft_time_limit, on_accepted=on_accepted)
 
+    def _started(self, request: Request) -> None:
+        """The task runs now: stamp it and send ``task-started`` (a job the pool queues ahead
+        starts when a child takes it up, not when it was written to the pipe)."""
+        request.time_start = time.time()
+        if self.events is not None and self.task_events:
+            self.events.send('task-started', uuid=request.id)
+
     def _on_done(self, request: Request, outcome: Any) -> None:
         if outcome is _ACCEPTED:  # a child took up a queued job: it runs now
             # (a withdrawn one is acked only if it turns out to have run: the child accepts a
             # job before it looks for it in the ring)
-            if not request.acks_late and request not in self._withdrawn:
-                request.ack()
+            if request not in self._withdrawn:
+                self._started(request)
+                if not request.acks_late:
+                    request.ack()
             return
         self._active.discard(request)
         withdrawn = request in self._withdrawn

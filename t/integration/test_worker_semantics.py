@@ -405,6 +405,10 @@ def test_inspect_active_reserved_registered_stats_queues_conf(broker, worker, qu
                           'acknowledged', 'delivery_info', 'worker_pid'}
     reserved = reply_of(handle.reserved(), node)
     assert isinstance(reserved, list) and running.id not in [r['id'] for r in reserved]
+    unknown = '00000000-0000-4000-8000-000000000000'
+    found = reply_of(handle.query_task(running.id, unknown), node)
+    assert list(found) == [running.id]  # an id the worker does not hold is left out
+    assert found[running.id][0] == 'active' and found[running.id][1]['id'] == running.id
     registered = reply_of(handle.registered(), node)
     assert 't.integration.tasks.add' in registered and 't.integration.tasks.rate_limited' in registered
     assert 't.integration.tasks.rate_limited [rate_limit=2/s]' in reply_of(handle.registered('rate_limit'), node)

@@ -78,3 +78,42 @@ def test_held_eta_messages_count_against_the_raised_window() -> None:
     assert w._only_the_pool_can_move() is False
     w._active.add(request(late_task))
     assert w._only_the_pool_can_move() is True
+
+
+class _QueueingPool:
+    """Records jobs the way a pool that queues two per child receives them."""
+    queues_ahead = 2
+    collects = True
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def apply_async(self, fields: Any, callback: Any, **kwargs: Any) -> None:
+        self.jobs.append(kwargs['on_accepted'])
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, kind: str, **fields: Any) -> None:
+        self.sent.append((kind, fields['uuid']))
+
+
+@pytest.mark.parametrize('task', [early, late_task])
+def test_a_queued_job_starts_when_a_child_takes_it_up(task: Any) -> None:
+    w = worker(4)
+    w.pool = _QueueingPool()  # type: ignore[assignment]
+    w.events, w.task_events = _Events(), True  # type: ignore[assignment]
+    acks: list[str] = []
+    r = request(task)
+    r.message = SimpleNamespace(ack=lambda: acks.append(r.id))
+    w._dispatch(r)
+    assert (r.time_start, w.events.sent, acks) == (None, [], [])  # in the pipe only
+    assert [x.id for x in w.reserved_requests()] == [r.id] and w.active_requests() == []
+
+    w.pool.jobs[0](4242)  # the child's accept, then the worker's loop handles it
+    w._handle_completions()
+    assert r.time_start is not None and w.events.sent == [('task-started', r.id)]
+    assert acks == ([r.id] if task is early else [])  # early acks at accept; late after the outcome
+    assert [x.id for x in w.active_requests()] == [r.id] and r.worker_pid == 4242
