@@ -281,19 +281,6 @@ class Router:
         return options
 
 
-def _close_at_exit(ref: Callable[[], Broker | None]) -> None:
-    """Close the pooled connections properly when the interpreter exits. RabbitMQ drops the
-    messages it has read but not routed yet from a connection that just goes away (a script
-    that sent 20,000 ``delay()`` calls and exited lost the last ~100 of them one run in two);
-    it routes them all before it answers Connection.Close."""
-    broker = ref()
-    if broker is not None:
-        try:
-            broker.close()
-        except Exception:  # noqa: BLE001 - exiting anyway; nobody is left to tell
-            pass
-
-
 class Broker:
     """The app's broker side: queues, router, connection pool and producer pool."""
 
@@ -304,13 +291,7 @@ class Broker:
         self._router: Router | None = None
         self._pool: Any = None
         self._producer_pool: Any = None
-        me = weakref.ref(self)
-        def after_fork_in_child() -> None:
-            broker = me()
-            if broker is not None:
-                broker._forget_connections()
-        os.register_at_fork(after_in_child=after_fork_in_child)
-        atexit.register(_close_at_exit, me)
+        _brokers.add(self)
 
     def _forget_connections(self) -> None:
         # In a forked child the parent's sockets must not be used or closed (closing an AMQP
@@ -436,3 +417,29 @@ class Broker:
                 except conn.channel_errors:
                     channel = conn.channel()
         return count
+
+
+#: Every app's broker side, for the two process-wide hooks below (registered once, however
+#: many apps a process makes).
+_brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
+
+
+def _forget_connections_in_child() -> None:
+    for broker in list(_brokers):
+        broker._forget_connections()
+
+
+def _close_at_exit() -> None:
+    """Close the pooled connections properly when the interpreter exits. RabbitMQ drops the
+    messages it has read but not routed yet from a connection that just goes away (a script
+    that sent 20,000 ``delay()`` calls and exited lost the last ~100 of them one run in two);
+    it routes them all before it answers Connection.Close."""
+    for broker in list(_brokers):
+        try:
+            broker.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; nobody is left to tell
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_connections_in_child)
+atexit.register(_close_at_exit)
