@@ -552,22 +552,24 @@ class Worker:
             request.ack()  # a queued job is acked when a child takes it up (_ACCEPTED)
         self._active.add(request)
         if not queued:
-            self._started(request)
+            request.time_start = time.time()
+            self._send_started(request)
         put = self._completions.put
 
         def on_accepted(pid: int) -> None:  # in the pool's thread, or in collect()
+            if queued:  # it runs from now: stamped before the pid that makes `inspect active` list it
+                request.time_start = time.time()
             request.worker_pid = pid
             if queued:
-                put((request, _ACCEPTED))
+                put((request, _ACCEPTED))  # the event and the ack, in the worker's thread
 
         request.job = self.pool.apply_async(
             request.fields, lambda outcome: put((request, outcome)), time_limit=request.time_limit,
             soft_time_limit=request.soft_time_limit, on_accepted=on_accepted)
 
-    def _started(self, request: Request) -> None:
-        """The task runs now: stamp it and send ``task-started`` (a job the pool queues ahead
-        starts when a child takes it up, not when it was written to the pipe)."""
-        request.time_start = time.time()
+    def _send_started(self, request: Request) -> None:
+        """``task-started``: at dispatch, or for a job the pool queues ahead when a child takes
+        it up (not when it was written to the pipe)."""
         if self.events is not None and self.task_events:
             self.events.send('task-started', uuid=request.id)
 
@@ -576,7 +578,7 @@ class Worker:
             # (a withdrawn one is acked only if it turns out to have run: the child accepts a
             # job before it looks for it in the ring)
             if request not in self._withdrawn:
-                self._started(request)
+                self._send_started(request)
                 if not request.acks_late:
                     request.ack()
             return

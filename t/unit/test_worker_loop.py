@@ -112,8 +112,9 @@ def test_a_queued_job_starts_when_a_child_takes_it_up(task: Any) -> None:
     assert (r.time_start, w.events.sent, acks) == (None, [], [])  # in the pipe only
     assert [x.id for x in w.reserved_requests()] == [r.id] and w.active_requests() == []
 
-    w.pool.jobs[0](4242)  # the child's accept, then the worker's loop handles it
-    w._handle_completions()
+    w.pool.jobs[0](4242)  # the child's accept (read by collect(), maybe for a control command) ...
+    assert r.time_start is not None and [x.id for x in w.active_requests()] == [r.id]  # listed stamped
+    w._handle_completions()  # ... then the worker's loop handles it
     assert r.time_start is not None and w.events.sent == [('task-started', r.id)]
     assert acks == ([r.id] if task is early else [])  # early acks at accept; late after the outcome
     assert [x.id for x in w.active_requests()] == [r.id] and r.worker_pid == 4242
