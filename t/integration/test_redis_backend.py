@@ -1,7 +1,9 @@
 """The Redis result backend's store against the real server: SET with its TTL and PUBLISH in one
-round trip, and an error reply that leaves the connection in step."""
+round trip, an error reply or an interruption that leaves the connection in step, and the connection a store
+keeps between stores (never shared with a forked child)."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -45,4 +47,60 @@ def test_an_error_reply_is_raised_and_the_connection_stays_in_step(backend):
     assert backend.client.echo('next') == b'next'
     backend._set(key, b'w', None)
     assert backend._get(key) == b'w' and backend.client.ttl(key) == -1
+    backend.client.delete(key)
+
+
+def test_stores_keep_their_connection_instead_of_borrowing_one_each_time(backend):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    pool = backend.client.connection_pool
+    loans = []
+    get_connection = pool.get_connection
+    pool.get_connection = lambda *a, **kw: loans.append(1) or get_connection(*a, **kw)
+    try:
+        for value in (b'a', b'b', b'c'):
+            backend._set(key, value, 100)
+        assert len(loans) == 1 and len(backend._idle) == 1
+        assert backend._get(key) == b'c'
+    finally:
+        pool.get_connection = get_connection
+        backend.client.delete(key)
+
+
+def test_a_store_interrupted_before_its_replies_leaves_none_for_the_next_store(backend):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set(key, b'first', 100)
+    connection = backend._idle[-1]
+    read_response = connection.read_response
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # (Ctrl-C while the replies are on their way)
+
+    connection.read_response = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        backend._set(key, b'second', 100)
+    connection.read_response = read_response
+    assert connection not in backend._idle
+    # The next store must read its own replies, not the interrupted one's.
+    backend._set(key, b'third', None)
+    assert backend._get(key) == b'third' and backend.client.ttl(key) == -1
+    backend.client.delete(key)
+
+
+def test_a_forked_child_stores_on_a_connection_of_its_own(backend):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set(key, b'parent', 100)
+    parent_connection = backend._idle[-1]
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when it stored on a connection of its own
+        code = 1
+        try:
+            backend._set(key, b'child', 100)
+            code = 0 if backend._idle and backend._idle[-1] is not parent_connection else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend._get(key) == b'child'
+    backend._set(key, b'parent again', 100)  # the parent's connection was not disturbed
+    assert backend._idle[-1] is parent_connection and backend._get(key) == b'parent again'
     backend.client.delete(key)
