@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import socket
 import subprocess
 import sys
@@ -154,6 +155,19 @@ def test_batched_fetch_drops_an_unreadable_item_and_delivers_the_rest(batched, c
     assert [m.payload for m in received] == [{'n': 0}, {'n': 1}]
     assert 'Dropped an unreadable message' in caplog.text and queue.name in caplog.text
     assert set(_unacked(raw, prefix)[0]) == {m.delivery_tag for m in received}
+
+
+def test_batched_fetch_revives_the_typed_values_kombus_encoder_writes(batched):
+    """kombu writes a datetime, a UUID or a Decimal in a header as {"__type__": ...}: a message
+    that holds one decodes through kombu's hook; the others take the plain (faster) decode."""
+    conn, channel, queue, received, raw, prefix = batched
+    when, ident = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc), uuid.uuid4()
+    _send(conn, queue, [{'n': 0}], headers={'when': when, 'ident': ident})
+    _send(conn, queue, [{'n': 1}], headers={'plain': '"__type__" in a string is only text'})
+    conn.drain_events(timeout=1)
+    assert [m.payload for m in received] == [{'n': 0}, {'n': 1}]
+    assert received[0].headers['when'] == when and received[0].headers['ident'] == ident
+    assert received[1].headers['plain'] == '"__type__" in a string is only text'
 
 
 def test_batched_fetch_takes_priorities_in_kombus_order(batched):

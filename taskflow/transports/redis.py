@@ -29,6 +29,7 @@ Everything else is kombu's.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from typing import Any
@@ -105,6 +106,14 @@ def send_commands(connection: Any, commands: tuple[tuple[Any, ...], ...]) -> lis
             raise error
         return replies
     return connection.retry.call_with_retry(round_trip, lambda _: connection.disconnect())
+
+
+def _loads_envelope(raw: bytes | str) -> Any:
+    """kombu's ``loads``, which calls a Python hook for every JSON object in the message (to
+    revive the ``{"__type__": ...}`` objects its encoder writes for datetimes, UUIDs, ...): a
+    third of the decode. A message without that key decodes to the same in C alone."""
+    text = raw.decode('utf-8') if isinstance(raw, bytes) else raw
+    return loads(text) if '"__type__"' in text else json.loads(text)
 
 
 class QoS(kombu_redis.QoS):
