@@ -1,7 +1,8 @@
-"""The consumer loop's choice of what to wait on (``Worker._only_the_pool_can_move``): pure
-logic on the worker's counts, no broker and no children."""
+"""The consumer loop's choice of what to wait on (``Worker._only_the_pool_can_move``) and the
+order of its steps: pure logic on the worker's counts, no broker and no children."""
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -118,3 +119,48 @@ def test_a_queued_job_starts_when_a_child_takes_it_up(task: Any) -> None:
     assert r.time_start is not None and w.events.sent == [('task-started', r.id)]
     assert acks == ([r.id] if task is early else [])  # early acks at accept; late after the outcome
     assert [x.id for x in w.active_requests()] == [r.id] and r.worker_pid == 4242
+
+
+class _RecordingPool(_QueueingPool):
+    """Records, in order, the loop's reads of the children's messages and its job writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def collect(self, timeout: float) -> None:
+        self.calls.append('read the pool')
+
+    def apply_async(self, fields: Any, callback: Any, **kwargs: Any) -> None:
+        self.calls.append(f'job {fields["id"]}')
+        super().apply_async(fields, callback, **kwargs)
+
+
+class _OneDelivery:
+    """A broker connection that delivers one message, then finds nothing and stops the loop."""
+
+    def __init__(self, w: Worker, message: Request) -> None:
+        self.w, self.message = w, message
+
+    def drain_events(self, timeout: float) -> None:
+        if self.message is not None:
+            self.w._reserved.append(self.message)
+            self.message = None  # type: ignore[assignment]
+            return
+        self.w.mode = 'warm'
+        raise socket.timeout()
+
+    def heartbeat_check(self, rate: float) -> None:
+        pass
+
+
+def test_a_delivered_message_goes_to_the_pool_before_the_pools_news_is_read() -> None:
+    """A task sent to an idle worker must not wait while the loop reads and handles the
+    previous task's accept and outcome (two reads and their handling)."""
+    w = worker(4)
+    w.pool = pool = _RecordingPool()  # type: ignore[assignment]
+    w._next_heartbeat = float('inf')
+    w._active.add(request(early, acked=True))  # its outcome waits in the pipe, unread
+    delivered = request(early)
+    w._consume(_OneDelivery(w, delivered))
+    assert pool.calls[:3] == ['read the pool', f'job {delivered.id}', 'read the pool']
