@@ -50,7 +50,7 @@ def test_an_error_reply_is_raised_and_the_connection_stays_in_step(backend):
     backend.client.delete(key)
 
 
-def test_stores_keep_their_connection_instead_of_borrowing_one_each_time(backend):
+def test_stores_and_reads_keep_their_connection_instead_of_borrowing_one_each_time(backend):
     key = f'tf-test-store-{uuid.uuid4().hex}'
     pool = backend.client.connection_pool
     loans = []
@@ -59,8 +59,8 @@ def test_stores_keep_their_connection_instead_of_borrowing_one_each_time(backend
     try:
         for value in (b'a', b'b', b'c'):
             backend._set(key, value, 100)
+            assert backend._get(key) == value
         assert len(loans) == 1 and len(backend._idle) == 1
-        assert backend._get(key) == b'c'
     finally:
         pool.get_connection = get_connection
         backend.client.delete(key)
