@@ -17,6 +17,7 @@ from kombu.transport import redis as kombu_redis
 
 import taskflow  # noqa: F401 - registers the transports
 from taskflow.broker import _publish
+from taskflow.transports import redis as redis_transport
 from taskflow.transports.redis import Transport as RedisTransport
 from t.integration.conftest import AMQP_URL, REDIS_BROKER_URL, wait_for
 
@@ -157,14 +158,18 @@ def test_batched_fetch_drops_an_unreadable_item_and_delivers_the_rest(batched, c
     assert set(_unacked(raw, prefix)[0]) == {m.delivery_tag for m in received}
 
 
-def test_batched_fetch_revives_the_typed_values_kombus_encoder_writes(batched):
+def test_batched_fetch_revives_the_typed_values_kombus_encoder_writes(batched, monkeypatch):
     """kombu writes a datetime, a UUID or a Decimal in a header as {"__type__": ...}: a message
     that holds one decodes through kombu's hook; the others take the plain (faster) decode."""
     conn, channel, queue, received, raw, prefix = batched
     when, ident = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc), uuid.uuid4()
     _send(conn, queue, [{'n': 0}], headers={'when': when, 'ident': ident})
     _send(conn, queue, [{'n': 1}], headers={'plain': '"__type__" in a string is only text'})
+    through_kombu = []
+    kombu_loads = redis_transport.loads
+    monkeypatch.setattr(redis_transport, 'loads', lambda text: through_kombu.append(1) or kombu_loads(text))
     conn.drain_events(timeout=1)
+    assert len(through_kombu) == 1  # the typed message only
     assert [m.payload for m in received] == [{'n': 0}, {'n': 1}]
     assert received[0].headers['when'] == when and received[0].headers['ident'] == ident
     assert received[1].headers['plain'] == '"__type__" in a string is only text'

@@ -212,7 +212,7 @@ class Channel(kombu_redis.Channel):
                 queue = queues[(position - 1) % len(queues)]
                 self._queue_cycle.rotate(queue)
                 try:
-                    payload = loads(item)
+                    payload = _loads_envelope(item)
                 except ValueError as exc:  # kombu's BRPOP path would raise out of drain_events
                     logger.error('Dropped an unreadable message from queue %r (not JSON: %s): %.200r',
                                  queue, exc, item)
