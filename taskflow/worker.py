@@ -359,7 +359,7 @@ class Worker:
     def _on_control(self, node: Any, body: Any, message: Any) -> None:
         self.clock += 1
         if self.pool is not None:  # what the children started or finished meanwhile counts
-            self.pool.collect(0)  # (for inspect active, revoke terminate)
+            self._drain_completions()  # (for inspect active, revoke terminate)
         try:
             node.handle_message(body, message)
         except Exception as exc:  # a bad command must never stop the worker

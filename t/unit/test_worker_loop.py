@@ -11,6 +11,7 @@ from kombu.common import QoS
 
 from taskflow.app import Taskflow
 from taskflow.pools import PreforkPool
+from taskflow.tracer import Outcome
 from taskflow.worker import Request, Worker
 
 app = Taskflow('t', broker='memory://', backend='memory://')
@@ -164,3 +165,31 @@ def test_a_delivered_message_goes_to_the_pool_before_the_pools_news_is_read() ->
     delivered = request(early)
     w._consume(_OneDelivery(w, delivered))
     assert pool.calls[:3] == ['read the pool', f'job {delivered.id}', 'read the pool']
+
+
+class _FinishingPool(_QueueingPool):
+    """A pool whose collect() reads one finished task's outcome."""
+
+    def __init__(self, w: Worker, finished: Request) -> None:
+        super().__init__()
+        self.w, self.finished = w, finished
+
+    def collect(self, timeout: float) -> None:
+        if self.finished is not None:
+            self.w._completions.put((self.finished, Outcome('SUCCESS', self.finished.id, 'pong', 0.0, False, None)))
+            self.finished = None  # type: ignore[assignment]
+
+
+def test_a_control_command_sees_the_tasks_the_pool_has_finished_meanwhile() -> None:
+    """``inspect active`` answered between a child's outcome and the loop's next turn must not
+    list the task that outcome finished."""
+    w = worker(4)
+    finished = request(early, acked=True)
+    finished.worker_pid = 4242
+    finished.message = SimpleNamespace(ack=lambda: None)
+    w._active.add(finished)
+    w.pool = _FinishingPool(w, finished)  # type: ignore[assignment]
+    seen: list[list[str]] = []
+    node = SimpleNamespace(handle_message=lambda body, message: seen.append([r.id for r in w.active_requests()]))
+    w._on_control(node, {'method': 'active'}, SimpleNamespace())
+    assert seen == [[]] and w.processed == 1
