@@ -562,11 +562,14 @@ class Worker:
         put = self._completions.put
 
         def on_accepted(pid: int) -> None:  # in the pool's thread, or in collect()
-            if queued:  # it runs from now: stamped before the pid that makes `inspect active` list it
-                request.time_start = time.time()
+            if not queued:
+                request.worker_pid = pid
+                return
+            # A queued job runs from now: stamped before the pid that makes `inspect active`
+            # list it; its event and ack follow in the worker's thread.
+            request.time_start = time.time()
             request.worker_pid = pid
-            if queued:
-                put((request, _ACCEPTED))  # the event and the ack, in the worker's thread
+            put((request, _ACCEPTED))
 
         request.job = self.pool.apply_async(
             request.fields, lambda outcome: put((request, outcome)), time_limit=request.time_limit,

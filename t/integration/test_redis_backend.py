@@ -60,6 +60,9 @@ def test_stores_and_reads_keep_their_connection_instead_of_borrowing_one_each_ti
         for value in (b'a', b'b', b'c'):
             backend._set(key, value, 100)
             assert backend._get(key) == value
+        assert backend._mget([key, key + '-missing']) == [b'c', None]
+        backend._delete(key)
+        assert backend._get(key) is None
         assert len(loans) == 1 and len(backend._idle) == 1
     finally:
         pool.get_connection = get_connection

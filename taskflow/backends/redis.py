@@ -99,7 +99,7 @@ class RedisBackend(Backend):
         super().__init__(app, url)
         self.client = redis_client(url or 'redis://127.0.0.1:6379/0', app.conf)
         self._local = threading.local()  # pub/sub connections are not thread-safe
-        self._idle: list[Any] = []  # connections lent by the pool and kept for the next store
+        self._idle: list[Any] = []  # connections lent by the pool, kept for the next round trip
         self._idle_pid = os.getpid()
 
     # --- primitives -------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class RedisBackend(Backend):
         return self._round_trip((('GET', key),))[0]
 
     def _mget(self, keys: list[str]) -> list[Any]:
-        return self.client.mget(keys) if keys else []
+        return self._round_trip((('MGET', *keys),))[0] if keys else []
 
     def _set(self, key: str, value: Any, ttl: float | None) -> None:
         # One round trip: store and notify together (Celery's readers subscribe to the key).
@@ -144,7 +144,7 @@ class RedisBackend(Backend):
             return self.client.connection_pool.get_connection()
 
     def _delete(self, key: str) -> None:
-        self.client.delete(key)
+        self._round_trip((('DEL', key),))
 
     # --- waiting ------------------------------------------------------------------------------
     def _pubsub(self) -> Any:
