@@ -1,8 +1,12 @@
-"""The publish path's own parts: the AMQP properties encoder (byte for byte py-amqp's) and
-``app.producer_pool`` (kombu's interface, producers kept on their connections)."""
+"""The publish path's own parts: the AMQP properties encoder (byte for byte py-amqp's),
+``app.producer_pool`` (kombu's interface, producers kept on their connections) and the Redis
+publish's short poll for its reply."""
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import amqp
@@ -13,6 +17,7 @@ from kombu.exceptions import LimitExceeded
 
 from taskflow.broker import ProducerPool
 from taskflow.transports import amqp as tf_amqp
+from taskflow.transports import redis as tf_redis
 
 # --- the AMQP properties encoder ---------------------------------------------------------------
 _scalars = (st.none() | st.booleans() | st.floats(allow_nan=False)
@@ -153,3 +158,37 @@ def test_force_close_all_closes_idle_connections() -> None:
     pool.force_close_all()
     assert made.connections[0].closed and not made.connections[1].closed
     b.release()
+
+
+# --- the Redis publish's poll for its reply --------------------------------------------------
+def test_a_reply_that_comes_within_the_spin_keeps_the_polling_on() -> None:
+    here, there = socket.socketpair()
+    with here, there:
+        channel = SimpleNamespace(publish_spin=0.05, PUBLISH_SPIN_PAUSE=3, _spin_paused=0)
+        there.sendall(b'+OK\r\n')
+        tf_redis.Channel._await_reply(channel, SimpleNamespace(_sock=here))  # type: ignore[arg-type]
+        assert channel._spin_paused == 0
+        assert here.recv(16) == b'+OK\r\n'  # polled, not read: the reply is left to redis-py
+
+
+def test_a_reply_that_misses_the_spin_pauses_the_polling_for_a_while(monkeypatch: Any) -> None:
+    polls: list[float] = []
+    spin = tf_redis._spin_until_readable
+
+    def counted(sock: Any, seconds: float) -> bool:
+        polls.append(seconds)
+        return spin(sock, seconds)
+    monkeypatch.setattr(tf_redis, '_spin_until_readable', counted)
+    here, there = socket.socketpair()
+    with here, there:
+        channel = SimpleNamespace(publish_spin=0.002, PUBLISH_SPIN_PAUSE=3, _spin_paused=0)
+        connection = SimpleNamespace(_sock=here)
+        start = time.perf_counter()
+        tf_redis.Channel._await_reply(channel, connection)  # type: ignore[arg-type]
+        assert time.perf_counter() - start >= 0.002  # it polled the whole spin
+        assert channel._spin_paused == 3 and len(polls) == 1
+        for left in (2, 1, 0):  # the paused publishes do not poll
+            tf_redis.Channel._await_reply(channel, connection)  # type: ignore[arg-type]
+            assert channel._spin_paused == left and len(polls) == 1
+        tf_redis.Channel._await_reply(channel, connection)  # type: ignore[arg-type]
+        assert channel._spin_paused == 3 and len(polls) == 2  # polled again, missed again
