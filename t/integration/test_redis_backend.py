@@ -1,6 +1,7 @@
 """The Redis result backend's store against the real server: SET with its TTL and PUBLISH in one
 round trip, an error reply or an interruption that leaves the connection in step, and the connection a store
-keeps between stores (never shared with a forked child)."""
+keeps between stores (never shared with a forked child); and ``wait_for``: its subscription and first
+read in one round trip on RESP3, two on RESP2, for results stored before, during and after it."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,9 @@ import uuid
 import pytest
 import redis
 
+import taskflow.states as states
 from taskflow.app import Taskflow
+from taskflow.exceptions import TimeoutError as ResultTimeout
 from t.integration.conftest import REDIS_BACKEND_URL, wait_for
 
 pytestmark = pytest.mark.integration
@@ -107,3 +110,56 @@ def test_a_forked_child_stores_on_a_connection_of_its_own(backend):
     backend._set(key, b'parent again', 100)  # the parent's connection was not disturbed
     assert backend._idle[-1] is parent_connection and backend._get(key) == b'parent again'
     backend.client.delete(key)
+
+
+@pytest.fixture(params=['3', '2'], ids=['resp3', 'resp2'])
+def waiting_backend(request):
+    app = Taskflow('t', broker='memory://', backend=f'{REDIS_BACKEND_URL}?protocol={request.param}')
+    yield app.backend
+    app.close()
+
+
+def _store(backend, task_id, value):
+    backend.store_result(task_id, value, states.SUCCESS)
+
+
+def test_waits_see_results_stored_before_during_and_after_the_subscription(waiting_backend):
+    backend = waiting_backend
+    reads = []
+    get = backend._get
+    backend._get = lambda key: reads.append(key) or get(key)  # the read on a connection of its own
+    ids = [f'tf-test-wait-{uuid.uuid4().hex}' for _ in range(4)]
+    try:
+        _store(backend, ids[0], 'before')
+        assert backend.wait_for(ids[0], timeout=5)['result'] == 'before'
+        # Stored once the wait has subscribed: the PUBLISH wakes it.
+        subscribe = backend._subscribe_and_read
+
+        def store_after_subscribing(pubsub, task_id, key, deadline):
+            meta = subscribe(pubsub, task_id, key, deadline)
+            assert meta['status'] == states.PENDING
+            _store(backend, task_id, 'after')
+            return meta
+        backend._subscribe_and_read = store_after_subscribing
+        assert backend.wait_for(ids[1], timeout=5)['result'] == 'after'
+        del backend._subscribe_and_read
+        # Back to back, each wait after the last one's unsubscribe, on the one pub/sub connection.
+        _store(backend, ids[2], 'third')
+        _store(backend, ids[3], 'fourth')
+        assert [backend.wait_for(i, timeout=5)['result'] for i in ids[2:]] == ['third', 'fourth']
+        protocol = str(backend._pubsub().connection.protocol)
+        # RESP3 reads on the subscribed connection, in the SUBSCRIBE's round trip; RESP2 cannot.
+        assert len(reads) == (0 if protocol == '3' else 4)
+    finally:
+        backend.client.delete(*[backend.get_key_for_task(i) for i in ids])
+
+
+def test_a_wait_for_a_result_that_never_comes_times_out(waiting_backend):
+    with pytest.raises(ResultTimeout):
+        waiting_backend.wait_for(f'tf-test-wait-{uuid.uuid4().hex}', timeout=0.3)
+    task_id = f'tf-test-wait-{uuid.uuid4().hex}'  # and the connection is still in step after it
+    _store(waiting_backend, task_id, 'later')
+    try:
+        assert waiting_backend.wait_for(task_id, timeout=5)['result'] == 'later'
+    finally:
+        waiting_backend.client.delete(waiting_backend.get_key_for_task(task_id))

@@ -136,7 +136,11 @@ class Backend:
         """The stored meta of ``task_id``; ``PENDING`` when there is none."""
         if cache and task_id in self._ready_cache:
             return self._ready_cache[task_id]
-        payload = self._get(self.get_key_for_task(task_id))
+        return self.meta_from_payload(task_id, self._get(self.get_key_for_task(task_id)))
+
+    def meta_from_payload(self, task_id: str, payload: Any) -> dict[str, Any]:
+        """The meta a stored ``payload`` holds (``PENDING`` for ``None``: nothing stored),
+        remembered when it is final."""
         meta = dict(PENDING_META, task_id=task_id) if payload is None else self.decode_meta(payload)
         self._remember(task_id, meta)
         return meta
@@ -154,9 +158,7 @@ class Backend:
         fetched: dict[str, dict[str, Any]] = {}
         if missing:
             for task_id, payload in zip(missing, self._mget([self.get_key_for_task(i) for i in missing])):
-                meta = dict(PENDING_META, task_id=task_id) if payload is None else self.decode_meta(payload)
-                self._remember(task_id, meta)
-                fetched[task_id] = meta
+                fetched[task_id] = self.meta_from_payload(task_id, payload)
         return {i: fetched[i] if i in fetched else self._ready_cache[i] for i in ids}
 
     def forget(self, task_id: str) -> None:

@@ -163,9 +163,7 @@ class RedisBackend(Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         pubsub: Any = self._pubsub()
         try:
-            pubsub.subscribe(key)
-            self._await_subscribed(pubsub, key, deadline)
-            meta = self.get_task_meta(task_id)
+            meta = self._subscribe_and_read(pubsub, task_id, key, deadline)
             next_get = time.monotonic() + 5.0
             while meta['status'] not in states.READY_STATES:
                 now = time.monotonic()
@@ -196,15 +194,44 @@ class RedisBackend(Backend):
         except redis.RedisError:
             self._reset_pubsub()
 
+    def _subscribe_and_read(self, pubsub: Any, task_id: str, key: str, deadline: float | None) -> dict[str, Any]:
+        """Subscribe to ``key``, then read the result once (it may have been stored before the
+        subscription took effect). On a RESP3 connection (redis-py's default with Redis 6+)
+        the read goes on the subscribed connection in the same write as the SUBSCRIBE: Redis
+        answers it after the subscription, so one round trip serves both. RESP2 allows no
+        other command while subscribed: the read then waits for the confirmation and goes on
+        another connection, a second round trip."""
+        pubsub.subscribe(key)
+        connection = pubsub.connection
+        # (Health checks would interleave PINGs and their replies with ours: the other way then.)
+        if str(getattr(connection, 'protocol', 2)) != '3' or connection.health_check_interval:
+            self._await_subscribed(pubsub, key, deadline)
+            return self.get_task_meta(task_id)
+        # MGET rather than GET: its reply is a list of one, told apart from a missing reply
+        # (None) and from the pushes of the subscription (lists of two or more).
+        connection.send_command('MGET', key, check_health=False)
+        while True:
+            response = pubsub.parse_response(block=False, timeout=self._wait_step(deadline))
+            if response is None:
+                continue
+            if isinstance(response, list) and len(response) == 1:
+                return self.meta_from_payload(task_id, response[0])
+            pubsub.handle_message(response)  # our confirmation, or an earlier wait's unsubscribe
+
+    @staticmethod
+    def _wait_step(deadline: float | None) -> float:
+        """Seconds to wait for the subscription's next reply; TimeoutError past ``deadline``."""
+        if deadline is None:
+            return 5.0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError('The operation timed out.')
+        return min(5.0, left)
+
     def _await_subscribed(self, pubsub: Any, key: str, deadline: float | None) -> None:
         while True:
-            wait = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
-            message = pubsub.get_message(timeout=wait)
-            if message is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError('The operation timed out.')
-                continue
-            if message['type'] == 'subscribe' and _text(message['channel']) == key:
+            message = pubsub.get_message(timeout=self._wait_step(deadline))
+            if message is not None and message['type'] == 'subscribe' and _text(message['channel']) == key:
                 return
 
     def _reset_pubsub(self) -> None:
