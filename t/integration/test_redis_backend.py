@@ -163,3 +163,16 @@ def test_a_wait_for_a_result_that_never_comes_times_out(waiting_backend):
         assert waiting_backend.wait_for(task_id, timeout=5)['result'] == 'later'
     finally:
         waiting_backend.client.delete(waiting_backend.get_key_for_task(task_id))
+
+
+def test_a_wait_that_times_out_before_its_read_is_answered_leaves_no_reply_for_the_next(waiting_backend):
+    backend = waiting_backend
+    ids = [f'tf-test-wait-{uuid.uuid4().hex}' for _ in range(2)]
+    _store(backend, ids[0], 'first')
+    _store(backend, ids[1], 'second')
+    try:
+        with pytest.raises(ResultTimeout):
+            backend.wait_for(ids[0], timeout=0)  # gives up before reading what it asked for
+        assert backend.wait_for(ids[1], timeout=5)['result'] == 'second'
+    finally:
+        backend.client.delete(*[backend.get_key_for_task(i) for i in ids])

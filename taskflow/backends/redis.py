@@ -210,13 +210,19 @@ class RedisBackend(Backend):
         # MGET rather than GET: its reply is a list of one, told apart from a missing reply
         # (None) and from the pushes of the subscription (lists of two or more).
         connection.send_command('MGET', key, check_health=False)
-        while True:
-            response = pubsub.parse_response(block=False, timeout=self._wait_step(deadline))
-            if response is None:
-                continue
-            if isinstance(response, list) and len(response) == 1:
-                return self.meta_from_payload(task_id, response[0])
-            pubsub.handle_message(response)  # our confirmation, or an earlier wait's unsubscribe
+        try:
+            while True:
+                response = pubsub.parse_response(block=False, timeout=self._wait_step(deadline))
+                if response is None:
+                    continue
+                if isinstance(response, list) and len(response) == 1:
+                    return self.meta_from_payload(task_id, response[0])
+                pubsub.handle_message(response)  # our confirmation, or an earlier wait's unsubscribe
+        except BaseException:
+            # The MGET's reply may still come: it names no key, so a later wait would take it
+            # for its own. A new connection for the next wait.
+            self._reset_pubsub()
+            raise
 
     @staticmethod
     def _wait_step(deadline: float | None) -> float:
