@@ -166,14 +166,9 @@ class RedisBackend(Backend):
             meta = self._subscribe_and_read(pubsub, task_id, key, deadline)
             next_get = time.monotonic() + 5.0
             while meta['status'] not in states.READY_STATES:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise TimeoutError('The operation timed out.')
-                wait = 1.0 if deadline is None else min(1.0, deadline - now)
-                message = pubsub.get_message(timeout=wait)
+                message = pubsub.get_message(timeout=self._wait_step(deadline, most=1.0))
                 if message and message['type'] == 'message' and _text(message['channel']) == key:
-                    meta = self.decode_meta(message['data'])
-                    self._remember(task_id, meta)
+                    meta = self.meta_from_payload(task_id, message['data'])
                 elif time.monotonic() >= next_get:
                     meta = self.get_task_meta(task_id)
                     next_get = time.monotonic() + 5.0
@@ -225,14 +220,15 @@ class RedisBackend(Backend):
             raise
 
     @staticmethod
-    def _wait_step(deadline: float | None) -> float:
-        """Seconds to wait for the subscription's next reply; TimeoutError past ``deadline``."""
+    def _wait_step(deadline: float | None, most: float = 5.0) -> float:
+        """Seconds to wait for the subscription's next reply (at most ``most``); TimeoutError
+        past ``deadline``."""
         if deadline is None:
-            return 5.0
+            return most
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError('The operation timed out.')
-        return min(5.0, left)
+        return min(most, left)
 
     def _await_subscribed(self, pubsub: Any, key: str, deadline: float | None) -> None:
         while True:
