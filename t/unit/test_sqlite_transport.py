@@ -419,32 +419,36 @@ def test_the_worker_thread_and_another_thread_share_a_transport(connect: Callabl
 
 
 # --- several processes --------------------------------------------------------------------------------
-def _consume_all(url: str, out: Any, ready: Any, stop_after_idle: float) -> None:
+def _consume_all(url: str, out: Any, ready: Any, consumed: Any, total: int) -> None:
     conn = Connection(url, transport_options={'polling_interval': 0.01})
     got: list[int] = []
 
     def on_message(body: Any, message: Any) -> None:
         got.append(body)
         message.ack()
+        with consumed.get_lock():
+            consumed.value += 1
     with conn, Consumer(conn.channel(), [Queue('shared')], callbacks=[on_message]) as consumer:
         consumer.qos(prefetch_count=4)
         ready.wait(30)  # both consumers up before anything is published
+        # Run until all messages are consumed between the two, not until an idle spell: a
+        # consumer kept waiting on the other's write lock for a while must not give up early.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while consumed.value < total and time.monotonic() < deadline:
             try:
-                conn.drain_events(timeout=stop_after_idle)
+                conn.drain_events(timeout=0.2)
             except socket.timeout:
-                break
+                pass
     out.put((os.getpid(), got))
 
 
 def test_two_processes_never_get_the_same_message(url: str) -> None:
     total = 600
     ctx = multiprocessing.get_context('fork')
-    out, ready = ctx.Queue(), ctx.Barrier(3)
+    out, ready, consumed = ctx.Queue(), ctx.Barrier(3), ctx.Value('i', 0)
     with Connection(url) as conn:
         Queue('shared')(conn.default_channel).declare()
-        procs = [ctx.Process(target=_consume_all, args=(url, out, ready, 1.5)) for _ in range(2)]
+        procs = [ctx.Process(target=_consume_all, args=(url, out, ready, consumed, total)) for _ in range(2)]
         for proc in procs:
             proc.start()
         try:
