@@ -1,6 +1,7 @@
 """The Redis result backend's store against the real server: SET with its TTL and PUBLISH in one
 round trip, an error reply or an interruption that leaves the connection in step, and the connection a store
-keeps between stores (never shared with a forked child); and ``wait_for``: its subscription and first
+keeps between stores (never shared with a forked child); a task's result store, whose replies are read
+at the connection's next use (a refusal logged, a lost connection's store written again); and ``wait_for``: its subscription and first
 read in one round trip on RESP3, two on RESP2, for results stored before, during and after it."""
 from __future__ import annotations
 
@@ -109,6 +110,75 @@ def test_a_forked_child_stores_on_a_connection_of_its_own(backend):
     assert backend._get(key) == b'child'
     backend._set(key, b'parent again', 100)  # the parent's connection was not disturbed
     assert backend._idle[-1] is parent_connection and backend._get(key) == b'parent again'
+    backend.client.delete(key)
+
+
+def test_a_result_store_leaves_its_replies_to_the_connections_next_use(backend):
+    key, other = (f'tf-test-store-{uuid.uuid4().hex}' for _ in range(2))
+    listener = redis.Redis.from_url(REDIS_BACKEND_URL)
+    try:
+        backend._set_result(key, b'stored', 100)
+        connection = backend._idle[-1]
+        assert connection.taskflow_unread  # not waited for
+        # Sent before any later command, so a later command elsewhere sees it too.
+        assert listener.get(key) == b'stored' and 0 < listener.ttl(key) <= 100
+        listener.set(other, b'its own')
+        # The next command on that connection reads the store's replies first, then its own.
+        assert backend._get(other) == b'its own'
+        assert backend._idle == [connection] and not connection.taskflow_unread
+        backend._set_result(key, b'again', None)
+        backend._set_result(key, b'and again', None)  # one connection, replies read in turn
+        assert backend._mget([key, other]) == [b'and again', b'its own']
+    finally:
+        listener.delete(key, other)
+        listener.close()
+
+
+def test_a_refused_result_store_is_logged_and_leaves_the_connection_in_step(backend, caplog):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set_result(key, b'v', 0.5)  # EX 0: Redis refuses the SET, the PUBLISH answers
+    with caplog.at_level('ERROR', logger='taskflow.backends.redis'):
+        assert backend._get(key) is None
+    assert f'Redis refused to store {key}' in caplog.text and 'expire' in caplog.text
+    backend._set(key, b'w', None)
+    assert backend._get(key) == b'w'
+    backend.client.delete(key)
+
+
+def test_a_result_store_whose_replies_were_lost_is_written_again(backend):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set_result(key, b'stored', 100)
+    connection = backend._idle[-1]
+    backend.client.delete(key)  # (as if the connection broke before Redis ran the store)
+    read_response = connection.read_response
+
+    def lost(*args, **kwargs):
+        connection.read_response = read_response
+        raise redis.ConnectionError('Connection closed by server.')
+
+    connection.read_response = lost
+    assert backend._get(key) == b'stored'
+    assert backend._idle == [connection] and 0 < backend.client.ttl(key) <= 100
+    backend.client.delete(key)
+
+
+def test_a_store_interrupted_while_its_replies_are_read_drops_the_connection(backend):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set_result(key, b'stored', 100)
+    connection = backend._idle[-1]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    connection.read_response = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        backend._get(key)
+    del connection.read_response
+    assert connection not in backend._idle and backend._idle == []
+    # given back to the pool, disconnected (a reconnect before its next use)
+    assert connection not in backend.client.connection_pool._in_use_connections
+    assert connection._sock is None
+    assert backend._get(key) == b'stored'  # on a connection in step
     backend.client.delete(key)
 
 

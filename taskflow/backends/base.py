@@ -70,6 +70,11 @@ class Backend:
     def _set(self, key: str, value: Any, ttl: float | None) -> None:
         raise NotImplementedError
 
+    def _set_result(self, key: str, value: Any, ttl: float | None) -> None:
+        """Store a task's state; a backend may return before the store is confirmed, as
+        long as its next command on the same connection waits for that confirmation."""
+        self._set(key, value, ttl)
+
     def _delete(self, key: str) -> None:
         raise NotImplementedError
 
@@ -110,7 +115,7 @@ class Backend:
             # A redelivered message may be re-running a task that succeeded: keep that result.
             if self.get_task_meta(task_id, cache=False)['status'] == states.SUCCESS:
                 return result
-        self._set(self.get_key_for_task(task_id), self.encode(meta), self.expires)
+        self._set_result(self.get_key_for_task(task_id), self.encode(meta), self.expires)
         return result
 
     def mark_as_started(self, task_id: str, **meta: Any) -> Any:

@@ -3,6 +3,7 @@ woken by pub/sub on the result key's own channel, as Celery clients and workers 
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ import taskflow.states as states
 from ..exceptions import ImproperlyConfigured, TimeoutError
 from ..transports.redis import send_commands
 from .base import PENDING_META, Backend
+
+logger = logging.getLogger(__name__)
 
 
 def redis_client(url: str, conf: Any) -> redis.Redis:
@@ -89,6 +92,12 @@ return 1
 """
 
 
+def _store_commands(key: str, value: Any, ttl: float | None) -> tuple[tuple[Any, ...], ...]:
+    """Store and notify together (Celery's readers subscribe to the key)."""
+    store = ('SET', key, value, 'EX', int(ttl)) if ttl else ('SET', key, value)
+    return store, ('PUBLISH', key, value)
+
+
 class RedisBackend(Backend):
     """Results in Redis strings with a TTL; waits through pub/sub."""
 
@@ -110,9 +119,26 @@ class RedisBackend(Backend):
         return self._round_trip((('MGET', *keys),))[0] if keys else []
 
     def _set(self, key: str, value: Any, ttl: float | None) -> None:
-        # One round trip: store and notify together (Celery's readers subscribe to the key).
-        store = ('SET', key, value, 'EX', int(ttl)) if ttl else ('SET', key, value)
-        self._round_trip((store, ('PUBLISH', key, value)))
+        self._round_trip(_store_commands(key, value, ttl))
+
+    def _set_result(self, key: str, value: Any, ttl: float | None) -> None:
+        """A task's state, written now; its replies are read when the connection is next lent
+        (they have come by then). The worker's child used to sleep on them between its task
+        and its next one: a third of the store's time, and a wake-up per task. Redis runs a
+        connection's commands in order, so any later command on it, or one sent after this
+        returned on another (in Redis's buffer after this one), sees the result; readers
+        waiting on the key are woken by the PUBLISH as before."""
+        commands = _store_commands(key, value, ttl)
+        connection = self._lend_connection()
+        try:
+            connection.retry.call_with_retry(
+                lambda: connection.send_packed_command(connection.pack_commands(commands)),
+                lambda _: connection.disconnect())
+        except BaseException:
+            self._drop(connection)
+            raise
+        connection.taskflow_unread = commands
+        self._idle.append(connection)
 
     def _round_trip(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
         """``commands`` in one write and one read on a kept connection, returning their replies.
@@ -123,9 +149,7 @@ class RedisBackend(Backend):
         try:
             replies = send_commands(connection, commands)
         except BaseException:
-            # It may be half-way through a reply: the pool reconnects it before its next use.
-            connection.disconnect()
-            self.client.connection_pool.release(connection)
+            self._drop(connection)  # it may be half-way through a reply
             raise
         self._idle.append(connection)
         return replies
@@ -134,14 +158,48 @@ class RedisBackend(Backend):
         """A connection for one round trip, kept for the next rather than given back to the
         pool: redis-py's pool checks a connection for unread data on every loan (a zero-timeout
         read and the socket-flag calls around it: 8 us of a 76 us store). Nothing is left unread
-        here: a round trip reads all its replies or disconnects. list.pop/append are atomic, so
-        threads need no lock."""
+        here: a round trip reads all its replies or disconnects, and the replies of a
+        ``_set_result`` are read before the connection is lent again. list.pop/append are
+        atomic, so threads need no lock."""
         if self._idle_pid != os.getpid():  # a forked child must not use its parent's sockets
             self._idle, self._idle_pid = [], os.getpid()
         try:
-            return self._idle.pop()
+            connection = self._idle.pop()
         except IndexError:
             return self.client.connection_pool.get_connection()
+        if getattr(connection, 'taskflow_unread', None):
+            self._read_unread(connection)
+        return connection
+
+    def _read_unread(self, connection: Any) -> None:
+        """Read the replies of the store ``_set_result`` left on ``connection``. A refusal
+        (an error reply) is logged: its task was reported already. A connection lost before
+        they came may have lost the store too, so it is written again (the same value)."""
+        commands, connection.taskflow_unread = connection.taskflow_unread, None
+        key = commands[0][1]
+        try:
+            try:
+                for _ in commands:
+                    try:
+                        connection.read_response()
+                    except redis.ResponseError as exc:
+                        logger.error('Redis refused to store %s: %s', key, exc)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                connection.disconnect()
+                try:
+                    send_commands(connection, commands)
+                except Exception as exc:
+                    logger.error('Could not store %s: %r', key, exc)
+                    raise
+        except BaseException:
+            self._drop(connection)
+            raise
+
+    def _drop(self, connection: Any) -> None:
+        """Give back a connection that may be out of step with its replies: the pool
+        reconnects it before its next loan."""
+        connection.disconnect()
+        self.client.connection_pool.release(connection)
 
     def _delete(self, key: str) -> None:
         self._round_trip((('DEL', key),))
