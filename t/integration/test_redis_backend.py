@@ -1,8 +1,9 @@
 """The Redis result backend's store against the real server: SET with its TTL and PUBLISH in one
 round trip, an error reply or an interruption that leaves the connection in step, and the connection a store
 keeps between stores (never shared with a forked child); a task's result store, whose replies are read
-at the connection's next use (a refusal logged, a lost connection's store written again); and ``wait_for``: its subscription and first
-read in one round trip on RESP3, two on RESP2, for results stored before, during and after it."""
+at the connection's next use (a refusal logged, a lost connection's store written again); and
+``wait_for``: its subscription and first read in one round trip on RESP3, two on RESP2, for results
+stored before, during and after it."""
 from __future__ import annotations
 
 import os
