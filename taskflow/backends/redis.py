@@ -16,7 +16,7 @@ import redis
 
 import taskflow.states as states
 from ..exceptions import ImproperlyConfigured, TimeoutError
-from ..transports.redis import send_commands
+from ..transports.redis import read_replies, send_commands
 from .base import PENDING_META, Backend
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,7 @@ class RedisBackend(Backend):
         commands = _store_commands(key, value, ttl)
         connection = self._lend_connection()
         try:
-            connection.retry.call_with_retry(
-                lambda: connection.send_packed_command(connection.pack_commands(commands)),
-                lambda _: connection.disconnect())
+            send_commands(connection, commands, read=False)
         except BaseException:
             self._drop(connection)
             raise
@@ -178,20 +176,24 @@ class RedisBackend(Backend):
         commands, connection.taskflow_unread = connection.taskflow_unread, None
         key = commands[0][1]
         try:
-            try:
-                for _ in commands:
-                    try:
-                        connection.read_response()
-                    except redis.ResponseError as exc:
-                        logger.error('Redis refused to store %s: %s', key, exc)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                connection.disconnect()
-                try:
-                    send_commands(connection, commands)
-                except Exception as exc:
-                    logger.error('Could not store %s: %r', key, exc)
-                    raise
+            read_replies(connection, len(commands))
+        except redis.ResponseError as exc:
+            logger.error('Redis refused to store %s: %s', key, exc)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            connection.disconnect()
+            self._rewrite(connection, commands)
         except BaseException:
+            self._drop(connection)
+            raise
+
+    def _rewrite(self, connection: Any, commands: tuple[tuple[Any, ...], ...]) -> None:
+        """Store again what a lost connection may have lost; the connection is dropped if
+        that fails too."""
+        try:
+            send_commands(connection, commands)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                logger.error('Could not store %s: %r', commands[0][1], exc)
             self._drop(connection)
             raise
 

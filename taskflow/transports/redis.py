@@ -45,7 +45,7 @@ from redis import ResponseError
 
 from ..protocol import new_id
 
-__all__ = ['Channel', 'QoS', 'Transport', 'send_commands']
+__all__ = ['Channel', 'QoS', 'Transport', 'read_replies', 'send_commands']
 
 logger = logging.getLogger(__name__)
 
@@ -94,25 +94,34 @@ return out
 
 
 def send_commands(connection: Any, commands: tuple[tuple[Any, ...], ...],
-                  before_reading: Callable[[Any], Any] | None = None) -> list[Any]:
+                  before_reading: Callable[[Any], Any] | None = None, read: bool = True) -> list[Any]:
     """Run ``commands`` on a redis-py ``connection`` in one write and one round trip, retried
-    (after a reconnect) per the connection's retry policy, as redis-py runs a command. Every
-    reply is read before the first error is raised: an unread one would answer the next command.
-    ``before_reading(connection)``, if given, runs between the write and the reads."""
+    (after a reconnect) per the connection's retry policy, as redis-py runs a command.
+    ``before_reading(connection)``, if given, runs between the write and the reads. With
+    ``read=False`` only the write is made: the caller reads the replies later, with
+    ``read_replies``, before anything else uses the connection."""
     def round_trip() -> list[Any]:
         connection.send_packed_command(connection.pack_commands(commands))
+        if not read:
+            return []
         if before_reading is not None:
             before_reading(connection)
-        replies, error = [], None
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-        return replies
+        return read_replies(connection, len(commands))
     return connection.retry.call_with_retry(round_trip, lambda _: connection.disconnect())
+
+
+def read_replies(connection: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on ``connection``. Every one is read before the first error
+    reply is raised: an unread one would answer the next command."""
+    replies, error = [], None
+    for _ in range(count):
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
 
 
 def _spin_until_readable(sock: Any, seconds: float) -> bool:
