@@ -4,11 +4,14 @@ several processes; two tests use real processes (fork) to show claims are exclus
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import multiprocessing
 import os
 import socket
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -123,6 +126,20 @@ def test_put_get_ack(connect: Callable[..., Connection], url: str) -> None:
     assert queue(producer.default_channel).queue_declare(passive=True).message_count == 0
     message.ack()
     assert raw_rows(url) == []
+
+
+def test_headers_with_datetimes_and_uuids_arrive_as_they_left(connect: Callable[..., Connection]) -> None:
+    """The envelope is written as kombu's other transports write theirs (kombu's JSON, which
+    keeps datetimes, UUIDs and Decimals), not with the standard library's, which refuses them."""
+    producer, consumer = connect(), connect()
+    queue = Queue('q', Exchange('q'), 'q')
+    when, ident = datetime.datetime(2026, 11, 25, 7, 30, 1, 250), uuid.UUID(int=7)
+    publish(producer, {'n': 1}, queue, headers={'when': when, 'ident': ident, 'amount': decimal.Decimal('1.5')})
+    message = queue(consumer.channel()).get(no_ack=False)
+    assert message is not None and message.payload == {'n': 1}
+    assert message.headers['when'] == when and message.headers['ident'] == ident
+    assert message.headers['amount'] == decimal.Decimal('1.5')
+    message.ack()
 
 
 def test_reject_without_requeue_drops_the_message(connect: Callable[..., Connection], url: str) -> None:

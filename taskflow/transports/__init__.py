@@ -13,9 +13,13 @@ shadow anything of kombu's.
 """
 from __future__ import annotations
 
-from kombu.transport import TRANSPORT_ALIASES
+import json
+from typing import Any
 
-__all__ = ['AMQP_TRANSPORT', 'REDIS_TRANSPORT', 'SQLITE_TRANSPORT']
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.utils.json import loads
+
+__all__ = ['AMQP_TRANSPORT', 'REDIS_TRANSPORT', 'SQLITE_TRANSPORT', 'loads_envelope']
 
 #: kombu resolves aliases lazily (on first use of a connection), so registering the dotted
 #: path here costs nothing and does not import sqlite3 until a ``sqlite://`` URL is used.
@@ -34,3 +38,12 @@ AMQP_TRANSPORT = 'taskflow.transports.amqp:Transport'
 TRANSPORT_ALIASES['amqp'] = AMQP_TRANSPORT
 TRANSPORT_ALIASES['pyamqp'] = AMQP_TRANSPORT
 TRANSPORT_ALIASES['amqps'] = 'taskflow.transports.amqp:SSLTransport'
+
+
+def loads_envelope(raw: bytes | str) -> Any:
+    """A message envelope as kombu's ``loads`` reads it (kombu's ``dumps`` wrote it). kombu's
+    calls a Python hook for every JSON object (to revive the ``{"__type__": ...}`` objects its
+    encoder writes for datetimes, UUIDs, ...): a third of the decode. An envelope without that
+    key decodes to the same in C alone."""
+    text = raw.decode('utf-8') if isinstance(raw, bytes) else raw
+    return loads(text) if '"__type__"' in text else json.loads(text)

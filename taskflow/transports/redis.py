@@ -31,7 +31,6 @@ Everything else is kombu's.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import select
 import time
@@ -39,11 +38,12 @@ from typing import Any, Callable
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from kombu.utils.objects import cached_property
 from redis import ResponseError
 
 from ..protocol import new_id
+from . import loads_envelope
 
 __all__ = ['Channel', 'QoS', 'Transport', 'read_replies', 'send_commands']
 
@@ -138,14 +138,6 @@ def _spin_until_readable(sock: Any, seconds: float) -> bool:
 
 
 _poll = getattr(select, 'poll', None)  # not on Windows: there a publish sleeps on its reply
-
-
-def _loads_envelope(raw: bytes | str) -> Any:
-    """kombu's ``loads``, which calls a Python hook for every JSON object in the message (to
-    revive the ``{"__type__": ...}`` objects its encoder writes for datetimes, UUIDs, ...): a
-    third of the decode. A message without that key decodes to the same in C alone."""
-    text = raw.decode('utf-8') if isinstance(raw, bytes) else raw
-    return loads(text) if '"__type__"' in text else json.loads(text)
 
 
 class QoS(kombu_redis.QoS):
@@ -260,7 +252,7 @@ class Channel(kombu_redis.Channel):
                 queue = queues[(position - 1) % len(queues)]
                 self._queue_cycle.rotate(queue)
                 try:
-                    payload = _loads_envelope(item)
+                    payload = loads_envelope(item)
                 except ValueError as exc:  # kombu's BRPOP path would raise out of drain_events
                     logger.error('Dropped an unreadable message from queue %r (not JSON: %s): %.200r',
                                  queue, exc, item)

@@ -57,7 +57,6 @@ connections would otherwise lose writes (see ``SQLiteFile``). A message is claim
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -74,6 +73,9 @@ from urllib.parse import unquote, urlsplit
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.base import queue_declare_ok_t
+from kombu.utils.json import dumps
+
+from . import loads_envelope
 
 __all__ = ['Transport', 'Channel', 'QoS', 'SQLiteFile', 'path_from_url', 'DEFAULT_PATH']
 
@@ -474,7 +476,7 @@ class Channel(virtual.Channel):
         now = time()
         expiration = props.get('expiration')
         expires_at = now + float(expiration) / 1000.0 if expiration not in (None, '') else None
-        payload = json.dumps(message)
+        payload = dumps(message)
         rows = [(queue, priority, expires_at, now, queue, payload) for queue in queues]
         if len(rows) == 1:
             self.db.run(_INSERT, rows[0])  # one statement: its own transaction
@@ -550,7 +552,7 @@ class Channel(virtual.Channel):
         rows.sort(key=lambda row: (-row[1], row[0]))  # RETURNING has no defined order
         payloads = []
         for row_id, _priority, deliveries, raw in rows:
-            payload = json.loads(raw)
+            payload = loads_envelope(raw)
             props = payload.setdefault('properties', {})
             # a tag per delivery: the same row delivered again is a different delivery
             props['delivery_tag'] = f'{row_id}.{deliveries}'
