@@ -640,7 +640,7 @@ class chord(_Composite, subtask_type='chord'):
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         backend = app.backend
-        if not getattr(backend, 'supports_wakeup', False) and type(backend).__name__ == 'DisabledBackend':
+        if getattr(backend, 'disabled', False):
             raise NotImplementedError('Starting chords requires a result backend to be configured '
                                       '(result_backend).')
         chain_rest = options.pop('chain', None)

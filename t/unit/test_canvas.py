@@ -350,6 +350,18 @@ def test_chord_pipe_task_extends_the_body() -> None:
     assert [t['task'] for t in c2.body.tasks] == ['t.xsum', 't.mul', 't.add']
 
 
+def test_a_chord_refuses_to_start_without_a_result_backend() -> None:
+    """As Celery: the join needs somewhere to count the header's results; nothing is sent."""
+    bare = Taskflow('t-bare', broker='memory://', set_as_current=False)
+    bare_add = bare.task(name='t.add')(add.run)
+    with bare.connection_for_write() as conn:
+        queue = bare.broker.queues.default(conn.default_channel)
+        queue.declare()
+        with pytest.raises(NotImplementedError, match='result backend'):
+            chord([bare_add.s(1, 1)], app=bare)(bare_add.s(2))
+        assert queue.queue_declare(passive=True).message_count == 0
+
+
 def test_chain_then_group_stays_a_chain() -> None:
     c = add.s(1, 1) | group(add.s(1), add.s(2))
     assert type(c) is chain and type(c.tasks[1]) is group

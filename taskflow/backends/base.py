@@ -37,6 +37,8 @@ class Backend:
     max_poll_interval = 0.5
     #: True when ``wait_for`` is woken by the store rather than polling.
     supports_wakeup = False
+    #: True only when no result backend is configured (``DisabledBackend``): chords refuse to start.
+    disabled = False
 
     def __init__(self, app: Any, url: str | None = None, **options: Any) -> None:
         conf = app.conf
@@ -235,6 +237,8 @@ class Backend:
 
 class DisabledBackend(Backend):
     """No ``result_backend`` configured: storing is a no-op, reading raises a clear error."""
+
+    disabled = True
 
     def __init__(self, app: Any, url: str | None = None, **options: Any) -> None:
         super().__init__(app, url)
