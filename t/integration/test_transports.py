@@ -16,8 +16,8 @@ from kombu import Connection, Consumer, Queue
 from kombu.transport import redis as kombu_redis
 
 import taskflow  # noqa: F401 - registers the transports
+from taskflow import transports
 from taskflow.broker import _publish
-from taskflow.transports import redis as redis_transport
 from taskflow.transports.redis import Transport as RedisTransport
 from t.integration.conftest import AMQP_URL, REDIS_BROKER_URL, wait_for
 
@@ -166,8 +166,8 @@ def test_batched_fetch_revives_the_typed_values_kombus_encoder_writes(batched, m
     _send(conn, queue, [{'n': 0}], headers={'when': when, 'ident': ident})
     _send(conn, queue, [{'n': 1}], headers={'plain': '"__type__" in a string is only text'})
     through_kombu = []
-    kombu_loads = redis_transport.loads
-    monkeypatch.setattr(redis_transport, 'loads', lambda text: through_kombu.append(1) or kombu_loads(text))
+    kombu_loads = transports.loads
+    monkeypatch.setattr(transports, 'loads', lambda text: through_kombu.append(1) or kombu_loads(text))
     conn.drain_events(timeout=1)
     assert len(through_kombu) == 1  # the typed message only
     assert [m.payload for m in received] == [{'n': 0}, {'n': 1}]
