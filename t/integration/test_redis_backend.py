@@ -146,6 +146,16 @@ def test_a_refused_result_store_is_logged_and_leaves_the_connection_in_step(back
     backend.client.delete(key)
 
 
+def test_closing_the_backend_reads_the_replies_a_result_store_left(backend, caplog):
+    key = f'tf-test-store-{uuid.uuid4().hex}'
+    backend._set_result(key, b'v', 0.5)  # EX 0: refused
+    connection = backend._idle[-1]
+    with caplog.at_level('ERROR', logger='taskflow.backends.redis'):
+        backend.close()
+    assert f'Redis refused to store {key}' in caplog.text
+    assert not connection.taskflow_unread and backend._idle == []
+
+
 def test_a_result_store_whose_replies_were_lost_is_written_again(backend):
     key = f'tf-test-store-{uuid.uuid4().hex}'
     backend._set_result(key, b'stored', 100)

@@ -128,27 +128,22 @@ class RedisBackend(Backend):
         connection's commands in order, so any later command on it, or one sent after this
         returned on another (in Redis's buffer after this one), sees the result; readers
         waiting on the key are woken by the PUBLISH as before."""
-        commands = _store_commands(key, value, ttl)
-        connection = self._lend_connection()
-        try:
-            send_commands(connection, commands, read=False)
-        except BaseException:
-            self._drop(connection)
-            raise
-        connection.taskflow_unread = commands
-        self._idle.append(connection)
+        self._round_trip(_store_commands(key, value, ttl), read=False)
 
-    def _round_trip(self, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
-        """``commands`` in one write and one read on a kept connection, returning their replies.
-        Written on the connection directly rather than through a redis-py pipeline object, which
-        cost a third of a store (160-190 -> 110-130 us of CPU a result); the connection's own
-        retry policy applies as in a pipeline."""
+    def _round_trip(self, commands: tuple[tuple[Any, ...], ...], read: bool = True) -> list[Any]:
+        """``commands`` in one write and one read on a kept connection, returning their replies
+        (with ``read=False``, the write only: the replies are read at the connection's next
+        loan). Written on the connection directly rather than through a redis-py pipeline
+        object, which cost a third of a store (160-190 -> 110-130 us of CPU a result); the
+        connection's own retry policy applies as in a pipeline."""
         connection = self._lend_connection()
         try:
-            replies = send_commands(connection, commands)
+            replies = send_commands(connection, commands, read=read)
         except BaseException:
             self._drop(connection)  # it may be half-way through a reply
             raise
+        if not read:
+            connection.taskflow_unread = commands
         self._idle.append(connection)
         return replies
 
@@ -165,15 +160,17 @@ class RedisBackend(Backend):
             connection = self._idle.pop()
         except IndexError:
             return self.client.connection_pool.get_connection()
-        if getattr(connection, 'taskflow_unread', None):
-            self._read_unread(connection)
+        self._read_unread(connection)
         return connection
 
     def _read_unread(self, connection: Any) -> None:
-        """Read the replies of the store ``_set_result`` left on ``connection``. A refusal
-        (an error reply) is logged: its task was reported already. A connection lost before
-        they came may have lost the store too, so it is written again (the same value)."""
-        commands, connection.taskflow_unread = connection.taskflow_unread, None
+        """Read the replies of the store ``_set_result`` left on ``connection``, if any. A
+        refusal (an error reply) is logged: its task was reported already. A connection lost
+        before they came may have lost the store too, so it is written again (the same value)."""
+        commands = getattr(connection, 'taskflow_unread', None)
+        if not commands:
+            return
+        connection.taskflow_unread = None
         key = commands[0][1]
         try:
             read_replies(connection, len(commands))
@@ -364,7 +361,12 @@ class RedisBackend(Backend):
         if self._idle_pid == os.getpid():
             pool = self.client.connection_pool
             while self._idle:
-                pool.release(self._idle.pop())
+                connection = self._idle.pop()
+                try:  # a store's refusal is logged, a lost one written again, before we go
+                    self._read_unread(connection)
+                except Exception:  # (logged; the connection is back in the pool, disconnected)
+                    continue
+                pool.release(connection)
         self.client.close()
 
 
