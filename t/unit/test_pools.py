@@ -98,3 +98,27 @@ def test_a_large_outcome_half_read_at_stop_reaches_billiards_thread_whole(pool):
                 pool._pool._result_handler.on_state_change(message)
     pool.stop(timeout=15)
     assert len(outcomes.get(timeout=5)) == 1 << 20
+
+
+def _policy(job: int) -> int:
+    return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, 'SCHED_BATCH'), reason='Linux scheduling policies')
+@pytest.mark.parametrize('batch, policy', [(True, 'SCHED_BATCH'), (False, 'SCHED_OTHER')])
+def test_children_run_as_batch_work_unless_turned_off(batch, policy):
+    # (the default is True; SCHED_BATCH keeps a waking child from preempting the worker)
+    app = Taskflow('t', broker='memory://', backend='memory://')
+    if not batch:
+        app.conf.worker_pool_batch_scheduling = False
+    pool = PreforkPool(1, app=app, hostname='t@h')
+    pool.start()
+    try:
+        outcomes, _ = put(pool, _policy)
+        deadline = time.monotonic() + 15
+        while outcomes.empty() and time.monotonic() < deadline:
+            pool.collect(0.1)
+        assert outcomes.get_nowait() == getattr(os, policy)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the worker's own process is left alone
+    finally:
+        pool.terminate()
