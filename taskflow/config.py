@@ -137,7 +137,7 @@ DEFAULTS: dict[str, Option] = {
     # --- worker
     'worker_concurrency': _o(None, 'int', 'Pool size (the number of CPUs when unset).'),
     'worker_pool': _o('prefork', 'str', 'Pool: prefork, threads or solo.'),
-    'worker_pool_batch_scheduling': _o(True, 'bool', 'Linux: prefork children run as SCHED_BATCH, so a child waking up never preempts the worker process.'),
+    'worker_pool_batch_scheduling': _o(True, 'bool', 'Linux: prefork children run as SCHED_BATCH, so a child waking up does not preempt the worker process.'),
     'worker_prefetch_multiplier': _o(4, 'int', 'Messages reserved per pool slot (1 for long tasks).'),
     'worker_disable_prefetch': _o(False, 'bool', 'Reserve only what can start now.'),
     'worker_max_tasks_per_child': _o(None, 'int', 'Tasks a child process runs before it is replaced.'),

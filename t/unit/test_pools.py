@@ -13,7 +13,7 @@ import pytest
 
 from taskflow.app import Taskflow
 from taskflow.exceptions import WorkerLostError
-from taskflow.pools import PreforkPool, _unwrap
+from taskflow.pools import PreforkPool, _schedule_as_batch, _unwrap
 
 
 def _double(value: int, job: int) -> int:
@@ -100,6 +100,7 @@ def test_a_large_outcome_half_read_at_stop_reaches_billiards_thread_whole(pool):
     assert len(outcomes.get(timeout=5)) == 1 << 20
 
 
+
 def _policy(job: int) -> int:
     return os.sched_getscheduler(0)
 
@@ -122,3 +123,24 @@ def test_children_run_as_batch_work_unless_turned_off(batch, policy):
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the worker's own process is left alone
     finally:
         pool.terminate()
+
+
+@pytest.mark.skipif(not hasattr(os, 'SCHED_IDLE'), reason='Linux scheduling policies')
+def test_a_policy_the_operator_chose_is_kept():
+    # A worker started under `chrt --idle` keeps its children idle-class, not batch. (In a
+    # forked process: this one could not always leave SCHED_IDLE again.)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            _schedule_as_batch()
+            os.write(write_end, str(os.sched_getscheduler(0)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert int(os.read(read_end, 16) or -1) == os.SCHED_IDLE
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
