@@ -41,11 +41,16 @@ def put(pool: PreforkPool, func: Any, *args: Any) -> tuple[queue.SimpleQueue, qu
     return outcomes, accepts
 
 
-def test_outcomes_come_from_collect_in_the_calling_thread(pool):
-    outcomes, accepts = put(pool, _double, 21)
-    deadline = time.monotonic() + 15
+def collect_until_outcome(pool: PreforkPool, outcomes: queue.SimpleQueue, timeout: float = 15) -> None:
+    """Read the children's messages in this thread until an outcome is there (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
     while outcomes.empty() and time.monotonic() < deadline:
         pool.collect(0.1)
+
+
+def test_outcomes_come_from_collect_in_the_calling_thread(pool):
+    outcomes, accepts = put(pool, _double, 21)
+    collect_until_outcome(pool, outcomes)
     assert outcomes.get_nowait() == 42
     assert accepts.get_nowait() in pool.processes()
     assert not pool.collect(0)  # nothing more to read
@@ -100,7 +105,6 @@ def test_a_large_outcome_half_read_at_stop_reaches_billiards_thread_whole(pool):
     assert len(outcomes.get(timeout=5)) == 1 << 20
 
 
-
 def _policy(job: int) -> int:
     return os.sched_getscheduler(0)
 
@@ -116,9 +120,7 @@ def test_children_run_as_batch_work_unless_turned_off(batch, policy):
     pool.start()
     try:
         outcomes, _ = put(pool, _policy)
-        deadline = time.monotonic() + 15
-        while outcomes.empty() and time.monotonic() < deadline:
-            pool.collect(0.1)
+        collect_until_outcome(pool, outcomes)
         assert outcomes.get_nowait() == getattr(os, policy)
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the worker's own process is left alone
     finally:
