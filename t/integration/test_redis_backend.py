@@ -7,6 +7,7 @@ stored before, during and after it."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 
 import pytest
@@ -216,8 +217,8 @@ def test_waits_see_results_stored_before_during_and_after_the_subscription(waiti
         # Stored once the wait has subscribed: the PUBLISH wakes it.
         subscribe = backend._subscribe_and_read
 
-        def store_after_subscribing(pubsub, task_id, key, deadline):
-            meta = subscribe(pubsub, task_id, key, deadline)
+        def store_after_subscribing(subscriber, task_id, channel, deadline):
+            meta = subscribe(subscriber, task_id, channel, deadline)
             assert meta['status'] == states.PENDING
             _store(backend, task_id, 'after')
             return meta
@@ -228,9 +229,8 @@ def test_waits_see_results_stored_before_during_and_after_the_subscription(waiti
         _store(backend, ids[2], 'third')
         _store(backend, ids[3], 'fourth')
         assert [backend.wait_for(i, timeout=5)['result'] for i in ids[2:]] == ['third', 'fourth']
-        protocol = str(backend._pubsub().connection.protocol)
         # RESP3 reads on the subscribed connection, in the SUBSCRIBE's round trip; RESP2 cannot.
-        assert len(reads) == (0 if protocol == '3' else 4)
+        assert len(reads) == (0 if backend._subscriber().resp3 else 4)
     finally:
         backend.client.delete(*[backend.get_key_for_task(i) for i in ids])
 
@@ -255,5 +255,94 @@ def test_a_wait_that_times_out_before_its_read_is_answered_leaves_no_reply_for_t
         with pytest.raises(ResultTimeout):
             backend.wait_for(ids[0], timeout=0)  # gives up before reading what it asked for
         assert backend.wait_for(ids[1], timeout=5)['result'] == 'second'
+    finally:
+        backend.client.delete(*[backend.get_key_for_task(i) for i in ids])
+
+
+def _subscribers(backend, channel):
+    return backend.client.pubsub_numsub(channel)[0][1]
+
+
+def test_each_wait_is_one_write_that_also_unsubscribes_the_last_wait_s_channel(waiting_backend):
+    backend = waiting_backend
+    ids = [f'tf-test-wait-{uuid.uuid4().hex}' for _ in range(3)]
+    channels = [backend.get_key_for_task(i) for i in ids]
+    for task_id, value in zip(ids, 'abc'):
+        _store(backend, task_id, value)
+    subscriber = backend._subscriber()
+    writes = []
+    send = subscriber.send
+    subscriber.send = lambda *commands: writes.append(commands) or send(*commands)
+    try:
+        assert [backend.wait_for(i, timeout=5)['result'] for i in ids] == ['a', 'b', 'c']
+        assert len(writes) == 3
+        assert [command[0] for command in writes[1]][:2] == [b'UNSUBSCRIBE', b'SUBSCRIBE']
+        # Only the last wait's channel is still subscribed; closing the backend ends it.
+        wait_for(lambda: [_subscribers(backend, c) for c in channels] == [0, 0, 1], timeout=5,
+                 message='the earlier channels unsubscribed')
+        backend._reset_subscriber()
+        wait_for(lambda: _subscribers(backend, channels[2]) == 0, timeout=5, message='the last one unsubscribed')
+    finally:
+        backend.client.delete(*channels)
+
+
+def _kill_subscriber_connection(backend, sock):
+    host, port = sock.getsockname()[:2]
+    assert backend.client.client_kill(f'{host}:{port}')
+
+
+def test_a_wait_outlives_a_lost_connection(waiting_backend):
+    """Between waits (Redis restarted meanwhile) and during one (the kill lands while it
+    sleeps on the channel): a new connection subscribes again and the result still comes."""
+    backend = waiting_backend
+    ids = [f'tf-test-wait-{uuid.uuid4().hex}' for _ in range(3)]
+    channels = [backend.get_key_for_task(i) for i in ids]
+    try:
+        _store(backend, ids[0], 'first')
+        assert backend.wait_for(ids[0], timeout=5)['result'] == 'first'
+        _kill_subscriber_connection(backend, backend._subscriber().sock)
+        _store(backend, ids[1], 'second')
+        assert backend.wait_for(ids[1], timeout=5)['result'] == 'second'
+
+        lost = backend._subscriber().sock
+
+        def kill_then_store():
+            wait_for(lambda: _subscribers(backend, channels[2]) == 1, timeout=5, message='the wait subscribed')
+            _kill_subscriber_connection(backend, lost)
+            wait_for(lambda: _subscribers(backend, channels[2]) == 1 and lost.fileno() == -1, timeout=5,
+                     message='subscribed again on a new connection')
+            _store(backend, ids[2], 'third')
+
+        helper = threading.Thread(target=kill_then_store)
+        helper.start()
+        assert backend.wait_for(ids[2], timeout=10)['result'] == 'third'
+        helper.join(5)
+        assert backend._subscriber().sock is not lost
+    finally:
+        backend.client.delete(*channels)
+
+
+def test_a_forked_child_waits_on_a_connection_of_its_own(waiting_backend):
+    backend = waiting_backend
+    ids = [f'tf-test-wait-{uuid.uuid4().hex}' for _ in range(2)]
+    for task_id in ids:
+        _store(backend, task_id, task_id)
+    try:
+        assert backend.wait_for(ids[0], timeout=5)['result'] == ids[0]
+        parent = backend._subscriber()
+        pid = os.fork()
+        if pid == 0:  # the child: exit code 0 when it waited on a subscriber of its own
+            code = 1
+            try:
+                backend._ready_cache.clear()
+                ok = backend.wait_for(ids[1], timeout=5)['result'] == ids[1]
+                code = 0 if ok and backend._subscriber() is not parent else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        backend._ready_cache.clear()
+        assert backend.wait_for(ids[1], timeout=5)['result'] == ids[1]  # the parent's is in step
+        assert backend._subscriber() is parent
     finally:
         backend.client.delete(*[backend.get_key_for_task(i) for i in ids])

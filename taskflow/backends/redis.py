@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -204,77 +205,72 @@ class RedisBackend(Backend):
         self._round_trip((('DEL', key),))
 
     # --- waiting ------------------------------------------------------------------------------
-    def _pubsub(self) -> Any:
-        pubsub = getattr(self._local, 'pubsub', None)
-        if pubsub is None:
-            pubsub = self._local.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
-        return pubsub
+    def _subscriber(self) -> ResultSubscriber:
+        subscriber = getattr(self._local, 'subscriber', None)
+        if subscriber is None or subscriber.pid != os.getpid():  # (a forked child makes its own)
+            subscriber = self._local.subscriber = ResultSubscriber(self.client.connection_pool)
+        return subscriber
+
+    def _reset_subscriber(self) -> None:
+        subscriber = getattr(self._local, 'subscriber', None)
+        self._local.subscriber = None
+        if subscriber is not None and subscriber.pid == os.getpid():
+            subscriber.close()
 
     def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5,
                  on_interval: Any = None) -> dict[str, Any]:
         """Subscribe to the result key, then read it once; sleep on the channel until the
-        worker's PUBLISH arrives. A GET every few seconds guards against a missed message."""
+        worker's PUBLISH arrives. A read every few seconds guards against a missed message.
+        A lost connection (Redis restarted, a proxy closed it) is replaced once per wait."""
         if task_id in self._ready_cache:
             return self._ready_cache[task_id]
-        key = self.get_key_for_task(task_id)
+        channel = self.get_key_for_task(task_id).encode()
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub: Any = self._pubsub()
         try:
-            meta = self._subscribe_and_read(pubsub, task_id, key, deadline)
-            next_get = time.monotonic() + 5.0
+            return self._wait(task_id, channel, deadline, on_interval)
+        except redis.ConnectionError:
+            return self._wait(task_id, channel, deadline, on_interval)
+
+    def _wait(self, task_id: str, channel: bytes, deadline: float | None, on_interval: Any) -> dict[str, Any]:
+        subscriber = self._subscriber()
+        try:
+            meta = self._subscribe_and_read(subscriber, task_id, channel, deadline)
+            next_read = time.monotonic() + 5.0
             while meta['status'] not in states.READY_STATES:
-                message = pubsub.get_message(timeout=self._wait_step(deadline, most=1.0))
-                if message and message['type'] == 'message' and _text(message['channel']) == key:
-                    meta = self.meta_from_payload(task_id, message['data'])
-                elif time.monotonic() >= next_get:
-                    meta = self.get_task_meta(task_id)
-                    next_get = time.monotonic() + 5.0
+                payload = subscriber.next_payload(channel, self._wait_step(deadline, most=1.0))
+                if payload is not _NOTHING:
+                    meta = self.meta_from_payload(task_id, payload)
+                elif time.monotonic() >= next_read:
+                    if subscriber.resp3:
+                        subscriber.send((b'MGET', channel))  # answered through next_payload
+                    else:
+                        meta = self.get_task_meta(task_id)
+                    next_read = time.monotonic() + 5.0
                 if on_interval is not None and meta['status'] not in states.READY_STATES:
                     on_interval()
             return meta
-        except redis.ConnectionError:
-            self._reset_pubsub()
+        except TimeoutError:
+            raise  # the connection is in step: an unanswered read is skipped by the next wait
+        except BaseException:
+            self._reset_subscriber()  # it may be half-way through a reply, or lost
             raise
         finally:
-            self._unsubscribe(pubsub, key)
+            subscriber.stale.append(channel)  # unsubscribed by the next wait's write
 
-    def _unsubscribe(self, pubsub: Any, key: str) -> None:
-        if id(getattr(self._local, 'pubsub', None)) != id(pubsub):
-            return  # already reset after a connection error
-        try:
-            pubsub.unsubscribe(key)
-        except redis.RedisError:
-            self._reset_pubsub()
-
-    def _subscribe_and_read(self, pubsub: Any, task_id: str, key: str, deadline: float | None) -> dict[str, Any]:
-        """Subscribe to ``key``, then read the result once (it may have been stored before the
-        subscription took effect). On a RESP3 connection (redis-py's default with Redis 6+)
-        the read goes on the subscribed connection in the same write as the SUBSCRIBE: Redis
-        answers it after the subscription, so one round trip serves both. RESP2 allows no
-        other command while subscribed: the read then waits for the confirmation and goes on
-        another connection, a second round trip."""
-        pubsub.subscribe(key)
-        connection = pubsub.connection
-        # (Health checks would interleave PINGs and their replies with ours: the other way then.)
-        if str(getattr(connection, 'protocol', 2)) != '3' or connection.health_check_interval:
-            self._await_subscribed(pubsub, key, deadline)
-            return self.get_task_meta(task_id)
-        # MGET rather than GET: its reply is a list of one, told apart from a missing reply
-        # (None) and from the pushes of the subscription (lists of two or more).
-        connection.send_command('MGET', key, check_health=False)
-        try:
-            while True:
-                response = pubsub.parse_response(block=False, timeout=self._wait_step(deadline))
-                if response is None:
-                    continue
-                if isinstance(response, list) and len(response) == 1:
-                    return self.meta_from_payload(task_id, response[0])
-                pubsub.handle_message(response)  # our confirmation, or an earlier wait's unsubscribe
-        except BaseException:
-            # The MGET's reply may still come: it names no key, so a later wait would take it
-            # for its own. A new connection for the next wait.
-            self._reset_pubsub()
-            raise
+    def _subscribe_and_read(self, subscriber: ResultSubscriber, task_id: str, channel: bytes,
+                            deadline: float | None) -> dict[str, Any]:
+        """Subscribe to ``channel``, then read the result once (it may have been stored before
+        the subscription took effect). On a RESP3 connection (redis-py's default with Redis 6+)
+        the read is an MGET in the SUBSCRIBE's write: Redis answers it after the subscription,
+        so one round trip serves both. RESP2 allows no other command while subscribed: the read
+        then waits for the confirmation and goes on another connection, a second round trip."""
+        subscriber.subscribe(channel)
+        while True:
+            payload = subscriber.next_payload(channel, self._wait_step(deadline))
+            if payload is _SUBSCRIBED:
+                return self.get_task_meta(task_id, cache=False)
+            if payload is not _NOTHING:
+                return self.meta_from_payload(task_id, payload)
 
     @staticmethod
     def _wait_step(deadline: float | None, most: float = 5.0) -> float:
@@ -286,21 +282,6 @@ class RedisBackend(Backend):
         if left <= 0:
             raise TimeoutError('The operation timed out.')
         return min(most, left)
-
-    def _await_subscribed(self, pubsub: Any, key: str, deadline: float | None) -> None:
-        while True:
-            message = pubsub.get_message(timeout=self._wait_step(deadline))
-            if message is not None and message['type'] == 'subscribe' and _text(message['channel']) == key:
-                return
-
-    def _reset_pubsub(self) -> None:
-        pubsub = getattr(self._local, 'pubsub', None)
-        self._local.pubsub = None
-        if pubsub is not None:
-            try:
-                pubsub.close()
-            except Exception:
-                pass
 
     # --- chords --------------------------------------------------------------------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:
@@ -357,7 +338,7 @@ class RedisBackend(Backend):
         return self.client.register_script(CLEANUP_LUA)
 
     def close(self) -> None:
-        self._reset_pubsub()
+        self._reset_subscriber()
         if self._idle_pid == os.getpid():
             pool = self.client.connection_pool
             while self._idle:
@@ -370,8 +351,143 @@ class RedisBackend(Backend):
         self.client.close()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+# --- the result subscriber: RESP written and read directly -------------------------------------
+_NOTHING = object()     # next_payload: nothing for the channel within the wait
+_SUBSCRIBED = object()  # next_payload (RESP2): the subscription is in effect; read the key now
+
+
+class _Push(list):
+    """A RESP3 push: a subscription's confirmations and messages, apart from the replies."""
+
+
+def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
+    """The RESP2/RESP3 value at ``pos`` of ``buf`` and where the next begins; IndexError when
+    ``buf`` ends before it does. Error replies come back as ResponseError values, RESP3 maps
+    as flat lists, simple strings and numbers other than integers as their text."""
+    end = buf.find(b'\r\n', pos)
+    if end < 0:
+        raise IndexError(pos)
+    kind, line, pos = buf[pos], buf[pos + 1:end], end + 2
+    if kind in b'$=!':  # bulk string, verbatim string, bulk error
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise IndexError(pos)
+        value = buf[pos:pos + size]
+        return (redis.ResponseError(value.decode(errors='replace')) if kind == 33 else value), pos + size + 2
+    if kind in b'*>~%|':  # array, push, set, map, attribute
+        count = int(line) * (2 if kind in b'%|' else 1)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count):
+            item, pos = _parse(buf, pos)
+            items.append(item)
+        if kind == 124:  # an attribute describes the value that follows it
+            return _parse(buf, pos)
+        return (_Push(items) if kind == 62 else items), pos
+    if kind == 95:  # null
+        return None, pos
+    if kind == 45:  # error
+        return redis.ResponseError(line.decode(errors='replace')), pos
+    if kind == 58:  # integer
+        return int(line), pos
+    return line, pos
+
+
+def _pack(command: tuple[bytes, ...]) -> bytes:
+    return b'*%d\r\n' % len(command) + b''.join(b'$%d\r\n%s\r\n' % (len(arg), arg) for arg in command)
+
+
+class ResultSubscriber:
+    """One thread's connection for waiting on results, subscribed to their keys.
+
+    Commands are packed and replies parsed here, on the socket redis-py connected (with its
+    handshake, auth and TLS), rather than through redis-py's PubSub: its command and reply
+    layers were most of a ``get()``'s CPU (180 us a round trip) on a path where every
+    microsecond is the caller's latency. A channel stays subscribed after its wait until
+    the next wait's write unsubscribes it, so a wait makes one write.
+
+    On RESP3, every value that is not a push answers an MGET, in order: ``unanswered`` counts
+    them, so the answer to a wait that gave up (a timeout) is skipped by the next one."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.pid = pool, os.getpid()
+        self.connection = pool.get_connection()
+        self.sock = self.connection._sock
+        self.resp3 = str(self.connection.protocol) == '3'
+        self.buffer = b''
+        self.stale: list[bytes] = []  # channels of finished waits, still subscribed
+        self.unanswered = 0  # MGETs sent, not yet answered
+
+    def send(self, *commands: tuple[bytes, ...]) -> None:
+        try:
+            self.sock.sendall(b''.join(map(_pack, commands)))
+        except OSError as exc:
+            raise redis.ConnectionError(f'Error writing to Redis: {exc}') from exc
+        self.unanswered += sum(command[0] == b'MGET' for command in commands)
+
+    def subscribe(self, channel: bytes) -> None:
+        """Subscribe to ``channel`` (and on RESP3 read it) in one write, with the unsubscribe of
+        the channels of finished waits."""
+        commands = [(b'UNSUBSCRIBE', *self.stale)] if self.stale else []
+        self.stale = []
+        commands.append((b'SUBSCRIBE', channel))
+        if self.resp3:
+            commands.append((b'MGET', channel))
+        self.send(*commands)
+
+    def next_payload(self, channel: bytes, timeout: float) -> Any:
+        """The next stored value for ``channel``: a message published to it, or the answer to
+        the latest MGET (``None`` when the key is not there); ``_SUBSCRIBED`` when RESP2's
+        confirmation of its subscription comes; ``_NOTHING`` when nothing of that came within
+        ``timeout`` seconds."""
+        give_up = time.monotonic() + timeout
+        while True:
+            value = self._read(give_up)
+            if value is _NOTHING:
+                return value
+            if isinstance(value, redis.ResponseError):  # (refused: the subscriber is replaced)
+                raise value
+            if self.resp3 and not isinstance(value, _Push):
+                self.unanswered -= 1
+                if not self.unanswered:  # (an earlier MGET's answer is skipped)
+                    return value[0]
+            elif isinstance(value, list) and len(value) >= 3 and value[1] == channel:
+                if value[0] == b'message':
+                    return value[2]
+                if value[0] == b'subscribe' and not self.resp3:
+                    return _SUBSCRIBED
+
+    def _read(self, give_up: float) -> Any:
+        """The next value on the connection; ``_NOTHING`` if none is whole by ``give_up``."""
+        while True:
+            if self.buffer:
+                try:
+                    value, end = _parse(self.buffer, 0)
+                except IndexError:
+                    pass
+                else:
+                    self.buffer = self.buffer[end:]
+                    return value
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return _NOTHING
+            try:
+                self.sock.settimeout(left)
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return _NOTHING
+            except OSError as exc:
+                raise redis.ConnectionError(f'Error reading from Redis: {exc}') from exc
+            if not data:
+                raise redis.ConnectionError('Redis closed the connection')
+            self.buffer += data
+
+    def close(self) -> None:
+        self.connection.disconnect()
+        self.pool.release(self.connection)
 
 
 __all__ = ['RedisBackend', 'redis_client', 'PENDING_META']
