@@ -1,4 +1,4 @@
-"""The RESP2/RESP3 reader and writer of the Redis backend's result subscriber: every value kind
+"""The RESP2/RESP3 reader of the Redis backend's result subscriber: every value kind
 Redis sends on a subscribed connection, and values cut at any byte (a read that ends mid-value
 must wait for the rest, never misread)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from taskflow.backends.redis import _pack, _parse, _Push
+from taskflow.backends.redis import _parse, _Push
 
 CASES = [
     (b'$5\r\nhello\r\n', b'hello'),
@@ -52,7 +52,7 @@ def test_error_replies_come_back_as_values():
         assert isinstance(value, redis.ResponseError) and str(value) == 'ERR wrong' and end == len(data)
 
 
-def test_commands_are_packed_as_redis_reads_them():
-    packed = _pack((b'SUBSCRIBE', b'celery-task-meta-\xc3\xa9'))
+def test_commands_the_connection_packs_read_back_as_written():
+    packed = b''.join(redis.Connection().pack_commands([(b'SUBSCRIBE', b'celery-task-meta-\xc3\xa9')]))
     assert packed == b'*2\r\n$9\r\nSUBSCRIBE\r\n$19\r\ncelery-task-meta-\xc3\xa9\r\n'
     assert _parse(packed, 0) == ([b'SUBSCRIBE', b'celery-task-meta-\xc3\xa9'], len(packed))

@@ -396,18 +396,15 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     return line, pos
 
 
-def _pack(command: tuple[bytes, ...]) -> bytes:
-    return b'*%d\r\n' % len(command) + b''.join(b'$%d\r\n%s\r\n' % (len(arg), arg) for arg in command)
-
-
 class ResultSubscriber:
     """One thread's connection for waiting on results, subscribed to their keys.
 
-    Commands are packed and replies parsed here, on the socket redis-py connected (with its
-    handshake, auth and TLS), rather than through redis-py's PubSub: its command and reply
-    layers were most of a ``get()``'s CPU (180 us a round trip) on a path where every
-    microsecond is the caller's latency. A channel stays subscribed after its wait until
-    the next wait's write unsubscribes it, so a wait makes one write.
+    Commands are written with the connection's own packing, and replies parsed here from the
+    socket redis-py connected (with its handshake, auth and TLS), rather than through
+    redis-py's PubSub: its command and reply layers were most of a ``get()``'s CPU (180 us a
+    round trip) on a path where every microsecond is the caller's latency. A channel stays
+    subscribed after its wait until the next wait's write unsubscribes it, so a wait makes one
+    write.
 
     On RESP3, every value that is not a push answers an MGET, in order: ``unanswered`` counts
     them, so the answer to a wait that gave up (a timeout) is skipped by the next one."""
@@ -422,10 +419,8 @@ class ResultSubscriber:
         self.unanswered = 0  # MGETs sent, not yet answered
 
     def send(self, *commands: tuple[bytes, ...]) -> None:
-        try:
-            self.sock.sendall(b''.join(map(_pack, commands)))
-        except OSError as exc:
-            raise redis.ConnectionError(f'Error writing to Redis: {exc}') from exc
+        # (No health check: a PING's reply would be taken for an MGET's answer.)
+        self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
         self.unanswered += sum(command[0] == b'MGET' for command in commands)
 
     def subscribe(self, channel: bytes) -> None:
